@@ -1,0 +1,1 @@
+"""moebius_edge.quantize: FP16 and INT8 variants of the exported graphs (ONNX in, ONNX out)."""

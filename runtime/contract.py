@@ -1,0 +1,207 @@
+"""The contract between export, quantize, runtime and tests.
+
+Pure Python, no imports beyond the standard library. Every graph file name, ONNX input/output
+name, layout, metadata key and pipeline constant that more than one stage needs is defined here
+once (STYLE.md "the contract"). Sections refer to ``shared/reference/ARCHITECTURE.md``.
+
+What lives in the graphs and what stays in NumPy (STYLE.md "fixed arithmetic ... belongs in the
+graph"):
+
+* UNet graph (``unet.onnx``): the 9-channel concatenation ``[latent | mask | masked_latent]``,
+  the classifier-free-guidance batch doubling, the fixed category ids (uncond 10..19, cond 0..9)
+  and everything that depends only on them (embedding, ``encoder_hid_proj``, cross-λ keys,
+  values and content lambdas, folded to constants at export), the time embedding, and the
+  guidance arithmetic ``ε_u + g·(ε_c − ε_u)``.
+* VAE encoder graph: posterior sampling from an explicit ``noise`` input (zero noise gives the
+  mean) and the latent scaling factor.
+* VAE decoder graph: the inverse scaling, ``(x + 1) / 2`` and the clamp to [0, 1].
+* NumPy runtime: the DDIM loop (§10.3), the [-1, 1] input scaling, the mask's strided
+  downsampling (top-left pixel of every 8×8 cell, §10.2), crops, resizes and paste-back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Bumped whenever a graph's I/O, a metadata key or a manifest field changes meaning. The runtime
+# refuses a models folder written under another contract version.
+CONTRACT_VERSION = 1
+
+# ---------------------------------------------------------------------------------------------
+# Export settings (measured: TorchScript exporter at opset 17 reproduces the reference to 1.6e-6)
+ONNX_OPSET = 17
+ONNX_DYNAMO = False
+# Above this size a graph is written with external data (protobuf's 2 GB limit, with margin).
+EXTERNAL_DATA_THRESHOLD_BYTES = int(1.8e9)
+
+# Tolerances. PARITY_REL_L2: export parity gate, ORT vs the unfused PyTorch model.
+# GOLDEN_MAX_ABS: max |Δ| against the official golden vectors (outputs are ≈ 0.7 in magnitude).
+PARITY_REL_L2 = 1e-4
+GOLDEN_MAX_ABS = 1e-4
+
+# ---------------------------------------------------------------------------------------------
+# Model facts (§1, §10.2)
+LATENT_CHANNELS = 4
+VAE_FACTOR = 8  # pixels per latent cell
+UNET_IN_CHANNELS = 9
+NUM_EMBEDDINGS = 20
+CONTEXT_TOKENS = NUM_EMBEDDINGS // 2
+# CFG layout of the official pipeline: the "uncond" half uses ids 10..19 (the foreground
+# category), the "cond" half ids 0..9 (background). Guidance pushes towards background completion.
+UNCOND_IDS = tuple(range(10, 20))
+COND_IDS = tuple(range(0, 10))
+# Channel order of the official 9-channel UNet input: name -> (first channel, end channel).
+UNET_INPUT_CHANNELS = (("latent", 0, 4), ("mask", 4, 5), ("masked_latent", 5, 9))
+
+# ---------------------------------------------------------------------------------------------
+# Scheduler and pipeline constants (§10)
+NUM_TRAIN_TIMESTEPS = 1000
+BETA_START = 0.00085
+BETA_END = 0.012
+BETA_SCHEDULE = "scaled_linear"
+TIMESTEP_SPACING = "leading"
+STEPS_OFFSET = 0
+DEFAULT_STEPS = 20
+DEFAULT_STRENGTH = 0.99
+DEFAULT_GUIDANCE = 2.5
+NOISE_OFFSET = 0.0357
+MASK_THRESHOLD = 127.5  # mask values >= this are hole (so 128 is hole, 127 is not)
+PASTE_BLUR_RADIUS = 3.0  # Pillow GaussianBlur radius at native size
+LOGVAR_CLAMP = (-30.0, 20.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Graphs
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple  # ints or symbolic axis names (str)
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    key: str  # short name used in the manifest and on the command line
+    file: str
+    inputs: tuple
+    outputs: tuple
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    @property
+    def input_names(self) -> list:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list:
+        return [t.name for t in self.outputs]
+
+
+BATCH_AXIS = "batch"
+# Symbolic names for the spatial sizes; they are fixed at export (the λ tables fix the latent size)
+# and recorded in the manifest, so the graphs carry concrete numbers there.
+LATENT_H, LATENT_W = "latent_height", "latent_width"
+IMAGE_H, IMAGE_W = "image_height", "image_width"
+
+UNET = GraphSpec(
+    key="unet",
+    file="unet.onnx",
+    inputs=(
+        TensorSpec("latent", "float32", (BATCH_AXIS, LATENT_CHANNELS, LATENT_H, LATENT_W)),
+        TensorSpec("mask", "float32", (BATCH_AXIS, 1, LATENT_H, LATENT_W)),
+        TensorSpec("masked_latent", "float32", (BATCH_AXIS, LATENT_CHANNELS, LATENT_H, LATENT_W)),
+        TensorSpec("timestep", "int64", (BATCH_AXIS,)),
+        TensorSpec("guidance_scale", "float32", (1,)),
+    ),
+    outputs=(TensorSpec("noise_pred", "float32", (BATCH_AXIS, LATENT_CHANNELS, LATENT_H, LATENT_W)),),
+)
+
+VAE_ENCODER = GraphSpec(
+    key="vae_encoder",
+    file="vae_encoder.onnx",
+    inputs=(
+        TensorSpec("image", "float32", (BATCH_AXIS, 3, IMAGE_H, IMAGE_W)),  # in [-1, 1]
+        TensorSpec("noise", "float32", (BATCH_AXIS, LATENT_CHANNELS, LATENT_H, LATENT_W)),
+    ),
+    outputs=(TensorSpec("latent", "float32", (BATCH_AXIS, LATENT_CHANNELS, LATENT_H, LATENT_W)),),
+)
+
+VAE_DECODER = GraphSpec(
+    key="vae_decoder",
+    file="vae_decoder.onnx",
+    inputs=(TensorSpec("latent", "float32", (BATCH_AXIS, LATENT_CHANNELS, LATENT_H, LATENT_W)),),
+    outputs=(TensorSpec("image", "float32", (BATCH_AXIS, 3, IMAGE_H, IMAGE_W)),),  # in [0, 1]
+)
+
+GRAPHS = (UNET, VAE_ENCODER, VAE_DECODER)
+GRAPHS_BY_KEY = {g.key: g for g in GRAPHS}
+
+# ---------------------------------------------------------------------------------------------
+# Models folder layout: fp32 graphs and manifest at the top; quantized variants in sub-folders
+# with their own manifest.
+MANIFEST_FILE = "manifest.json"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def precision_subdir(precision: str) -> str:
+    """Folder, relative to the models folder, holding a precision's graphs ("" for fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return "" if precision == "fp32" else precision
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata. ONNX metadata_props keys (all values are strings; JSON where structured). The
+# manifest repeats them under the same names without the prefix.
+META_PREFIX = "moebius_edge."
+META_CONTRACT_VERSION = META_PREFIX + "contract_version"
+META_TOOLKIT_VERSION = META_PREFIX + "toolkit_version"
+META_GRAPH = META_PREFIX + "graph"  # GraphSpec.key
+META_PRECISION = META_PREFIX + "precision"
+META_PROVENANCE = META_PREFIX + "provenance"  # "official:<variant>" or "random-init:<seed>"
+META_WEIGHTS_SHA256 = META_PREFIX + "weights_sha256"
+META_MODEL_CONFIG = META_PREFIX + "model_config"  # JSON
+META_IMAGE_SIZE = META_PREFIX + "image_size"  # native image side (pixels)
+META_LATENT_SIZE = META_PREFIX + "latent_size"  # native latent side
+META_SCALING_FACTOR = META_PREFIX + "vae_scaling_factor"
+META_SCHEDULER = META_PREFIX + "scheduler"  # JSON, see scheduler_metadata()
+META_PARITY = META_PREFIX + "parity"  # JSON
+META_LICENSES = META_PREFIX + "licenses"  # JSON
+
+# Manifest fields (manifest.json beside the graphs).
+MANIFEST_GRAPHS = "graphs"  # {key: {"file", "sha256", "bytes"}}
+MANIFEST_ALPHAS_CUMPROD = "alphas_cumprod"  # 1000 float32 values exactly as torch computes them
+
+LICENSES = {
+    "moebius_code": "Apache-2.0 (hustvl/Moebius)",
+    "moebius_weights": "Apache-2.0 (hustvl/Moebius on the Hugging Face Hub)",
+    "vae": "as stated by the hustvl/PixelHacker model card on the Hugging Face Hub (the kl-f8 "
+    "VAE is redistributed there; check that card before shipping the weights)",
+}
+
+
+def scheduler_metadata() -> dict:
+    """The scheduler constants recorded in every graph and in the manifest."""
+    return {
+        "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
+        "beta_start": BETA_START,
+        "beta_end": BETA_END,
+        "beta_schedule": BETA_SCHEDULE,
+        "timestep_spacing": TIMESTEP_SPACING,
+        "steps_offset": STEPS_OFFSET,
+        "prediction_type": "epsilon",
+        "eta": 0.0,
+        "set_alpha_to_one": True,
+        "default_steps": DEFAULT_STEPS,
+        "default_strength": DEFAULT_STRENGTH,
+        "default_guidance": DEFAULT_GUIDANCE,
+        "noise_offset": NOISE_OFFSET,
+    }
+
+
+# Official weight variants on the Hub (hustvl/Moebius/<variant>/diffusion_pytorch_model.bin).
+HUB_REPO = "hustvl/Moebius"
+HUB_WEIGHTS_FILE = "diffusion_pytorch_model.bin"
+HUB_VARIANTS = ("pretrained", "ft_places2", "ft_celebahq", "ft_ffhq")
+HUB_VAE_REPO = "hustvl/PixelHacker"
+HUB_VAE_SUBFOLDER = "vae"
