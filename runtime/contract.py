@@ -168,7 +168,14 @@ META_SCHEDULER = META_PREFIX + "scheduler"  # JSON, see scheduler_metadata()
 META_PARITY = META_PREFIX + "parity"  # JSON
 META_LICENSES = META_PREFIX + "licenses"  # JSON
 
-# Manifest fields (manifest.json beside the graphs).
+
+
+def manifest_key(meta_key: str) -> str:
+    """The manifest.json field holding the same value as an ONNX metadata key."""
+    return meta_key[len(META_PREFIX):] if meta_key.startswith(META_PREFIX) else meta_key
+
+
+# Manifest-only fields (manifest.json beside the graphs).
 MANIFEST_GRAPHS = "graphs"  # {key: {"file", "sha256", "bytes"}}
 MANIFEST_ALPHAS_CUMPROD = "alphas_cumprod"  # 1000 float32 values exactly as torch computes them
 
