@@ -1,6 +1,50 @@
-"""`moebius-edge export`."""
+"""`moebius-edge export`: PyTorch checkpoint → unet.onnx, vae_encoder.onnx, vae_decoder.onnx."""
+import json
+import logging
+
+from moebius_edge import contract
+from moebius_edge.commands import require
+
+log = logging.getLogger(__name__)
+
+
+def _export(args):
+    require("torch", "export")
+    require("onnx", "export")
+    job = require("moebius_edge.export.job", "export")
+    manifest = job.run_export(
+        args.out, unet_config=args.unet_config if not args.random_init else args.preset,
+        unet_weights=args.unet_weights, vae_dir=args.vae, variant=args.variant,
+        random_init=args.random_init, seed=args.seed, image_size=args.image_size,
+        static_batch=args.static_batch, local_files_only=args.local_files_only, cache_dir=args.cache_dir)
+    parity = manifest[contract.manifest_key(contract.META_PARITY)]
+    for key, g in manifest[contract.MANIFEST_GRAPHS].items():
+        print(f"{args.out}/{g['file']}  {g['bytes'] / 2**20:8.1f} MiB  parity rel-L2 {parity[key]['rel_l2']:.2e}")
+    print(f"{args.out}/{contract.MANIFEST_FILE}  provenance {manifest['provenance']}")
+    if args.json:
+        print(json.dumps({k: manifest[k] for k in ("provenance", "parity", "graphs")}))
+    return 0
 
 
 def register(sub):
-    p = sub.add_parser("export", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: 1)
+    p = sub.add_parser("export", help="export the UNet and VAE graphs to ONNX (needs the export extra)",
+                       description="Export the guided UNet, VAE encoder and VAE decoder to ONNX, each "
+                       "checked against PyTorch (parity gate), with a manifest.json beside them.")
+    src = p.add_argument_group("weights (one of)")
+    src.add_argument("--variant", choices=contract.HUB_VARIANTS,
+                     help="official weights from the Hugging Face cache (downloaded when online)")
+    src.add_argument("--unet-weights", metavar="FILE", help="a Moebius checkpoint (.bin or .safetensors)")
+    src.add_argument("--random-init", action="store_true", help="random weights, for toolchain checks")
+    p.add_argument("--unet-config", default="moebius", metavar="CFG",
+                   help="model config: preset name or official moebius.yaml / JSON")
+    p.add_argument("--vae", metavar="DIR", help="diffusers-format VAE folder (config.json + weights)")
+    p.add_argument("--preset", default="moebius", choices=("moebius", "tiny"), help="model preset for --random-init")
+    p.add_argument("--seed", type=int, default=0, help="seed for --random-init")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="build a --random-init model for this image side instead of the preset's")
+    p.add_argument("--out", default="models", metavar="DIR", help="output folder")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch to 1 (mobile execution providers)")
+    p.add_argument("--local-files-only", action="store_true", help="never contact the Hub with --variant")
+    p.add_argument("--cache-dir", metavar="DIR", help="Hugging Face cache folder (default: HF_HOME)")
+    p.add_argument("--json", action="store_true", help="also print the provenance, parity and graph table as JSON")
+    p.set_defaults(func=_export)

@@ -1,0 +1,20 @@
+"""Shared fixtures: exported tiny models (the golden weights, so pipeline_case.npz applies)."""
+import pytest
+
+from .goldens import DATA, load_golden_model, load_tiny_vae
+
+__all__ = ["DATA"]
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory):
+    """A models folder exported from the tiny golden UNet (latent 16) and the tiny VAE: the
+    weights that produced tests/data/pipeline_case.npz."""
+    pytest.importorskip("torch")
+    from moebius_edge.export.onnx_export import export_models
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    vae, scaling_factor = load_tiny_vae()
+    export_models(load_golden_model(1), vae, scaling_factor, out,
+                  provenance="checkpoint:tiny_weights.safetensors")
+    return out

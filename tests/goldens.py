@@ -1,0 +1,34 @@
+"""Test helpers around the official reference data copied into tests/data."""
+from pathlib import Path
+
+DATA = Path(__file__).parent / "data"
+
+
+def load_golden_model(case: int):
+    """The tiny golden model for ``tiny_case_<case>.npz`` (case 0: the latent-8 build)."""
+    from safetensors.torch import load_file
+
+    from moebius_edge.export.config import PRESETS
+    from moebius_edge.export.model import build_removal_model
+
+    weights = load_file(DATA / "tiny_weights.safetensors")
+    cfg = PRESETS["tiny"]
+    if case == 0:
+        cfg = cfg.replace(image_size=64)
+        weights.update(load_file(DATA / "tiny_weights_latent8_relpos.safetensors"))
+    model = build_removal_model(cfg)
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
+
+
+def load_tiny_vae():
+    """The tiny diffusers VAE of pipeline_case.npz and its scaling factor."""
+    import json
+
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file
+
+    config = json.loads((DATA / "tiny_vae_config.json").read_text())
+    vae = AutoencoderKL.from_config(config)
+    vae.load_state_dict(load_file(DATA / "tiny_vae_weights.safetensors"), strict=True)
+    return vae.eval(), float(config["scaling_factor"])

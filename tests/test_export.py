@@ -1,0 +1,222 @@
+"""ONNX export: graphs against the golden vectors and diffusers through ONNX Runtime, parity gate,
+metadata, atomic writes."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from moebius_edge import contract  # noqa: E402
+from moebius_edge.export import onnx_export  # noqa: E402
+from moebius_edge.export.checkpoint import file_sha256  # noqa: E402
+from moebius_edge.export.onnx_export import ParityError, export_models, export_unet  # noqa: E402
+
+from .goldens import DATA, load_golden_model, load_tiny_vae  # noqa: E402
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _golden_rows_through_guided_unet(sess, case):
+    """In the goldens the uncond and cond rows have different inputs: rows 0..B-1 at guidance 0
+    give ε_u of their own inputs, rows B..2B-1 at guidance 1 give ε_c."""
+    g = np.load(DATA / f"tiny_case_{case}.npz")
+    x = g["noisy_latents"]
+    b = x.shape[0] // 2
+    t = np.broadcast_to(g["timesteps"], (2 * b,)).astype(np.int64)
+    outs = []
+    for rows, guidance in ((slice(0, b), 0.0), (slice(b, 2 * b), 1.0)):
+        xr = x[rows]
+        feeds = {"latent": xr[:, 0:4], "mask": xr[:, 4:5], "masked_latent": xr[:, 5:9],
+                 "timestep": np.ascontiguousarray(t[rows]), "guidance_scale": np.array([guidance], np.float32)}
+        outs.append(sess.run(["noise_pred"], feeds)[0])
+    return np.abs(np.concatenate(outs) - g["noise_pred"]).max()
+
+
+def test_unet_graph(tiny_models_dir):
+    sess = _session(tiny_models_dir / contract.UNET.file)
+    for case in (1, 2):
+        err = _golden_rows_through_guided_unet(sess, case)
+        assert err <= contract.GOLDEN_MAX_ABS, f"case {case}: {err:.3g}"
+
+
+def test_unet_graph_latent8_golden(tmp_path):
+    model = load_golden_model(0)
+    meta = onnx_export.common_metadata(model.cfg, 0.13025, "checkpoint:test", None)
+    path = export_unet(model, tmp_path, meta)
+    assert _golden_rows_through_guided_unet(_session(path), 0) <= contract.GOLDEN_MAX_ABS
+
+
+def test_vae_encoder_graph(tiny_models_dir):
+    vae, sf = load_tiny_vae()
+    sess = _session(tiny_models_dir / contract.VAE_ENCODER.file)
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-1, 1, (1, 3, 128, 128)).astype(np.float32)
+    noise = rng.standard_normal((1, 4, 16, 16), dtype=np.float32)
+    with torch.no_grad():
+        dist = vae.encode(torch.from_numpy(image)).latent_dist
+    mean = sess.run(["latent"], {"image": image, "noise": np.zeros_like(noise)})[0]
+    np.testing.assert_allclose(mean, dist.mean.numpy() * sf, atol=1e-5, rtol=1e-4)  # zero noise: the mean
+    sample = sess.run(["latent"], {"image": image, "noise": noise})[0]
+    ref = (dist.mean + dist.std * torch.from_numpy(noise)).numpy() * sf
+    assert onnx_export.rel_l2(sample, ref) <= contract.PARITY_REL_L2
+
+
+def test_vae_decoder_graph(tiny_models_dir):
+    vae, sf = load_tiny_vae()
+    case = np.load(DATA / "pipeline_case.npz")
+    final = case["latents_per_step"][-1]
+    out = _session(tiny_models_dir / contract.VAE_DECODER.file).run(["image"], {"latent": final})[0]
+    ref = np.clip((case["decoded_f32"] + 1) / 2, 0, 1)
+    assert np.abs(out - ref).max() <= 1e-4
+    assert out.min() >= 0 and out.max() <= 1
+
+
+# optimum-style guard: every graph of the contract needs an export test above.
+EXPORT_TESTS = {
+    contract.UNET.key: test_unet_graph,
+    contract.VAE_ENCODER.key: test_vae_encoder_graph,
+    contract.VAE_DECODER.key: test_vae_decoder_graph,
+}
+
+
+def test_every_contract_graph_has_an_export_test():
+    assert set(EXPORT_TESTS) == {g.key for g in contract.GRAPHS}
+
+
+def test_graph_io_and_ops_follow_the_contract(tiny_models_dir):
+    for graph in contract.GRAPHS:
+        m = onnx.load(str(tiny_models_dir / graph.file))
+        assert m.opset_import[0].version == contract.ONNX_OPSET
+        for spec, vi in zip(graph.inputs + graph.outputs, list(m.graph.input) + list(m.graph.output)):
+            assert vi.name == spec.name
+            dims = [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+            assert len(dims) == len(spec.shape)
+            if spec.shape[0] == contract.BATCH_AXIS:
+                assert dims[0] == contract.BATCH_AXIS
+        ops = {n.op_type for n in m.graph.node}
+        assert "Einsum" not in ops and "BatchNormalization" not in ops, graph.key
+        inits = {i.name: i for i in m.graph.initializer}
+        for n in m.graph.node:
+            if n.op_type == "Conv" and n.input[1] in inits:
+                assert len(inits[n.input[1]].dims) == 4, "5-D Conv in the graph"
+
+
+def test_unet_constants_do_not_blow_up_the_file():
+    """The cross-λ position term must be re-associated (A = Q·R), never folded into Λp = R·Vm."""
+    model = load_golden_model(1)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_unet(model, tmp, onnx_export.common_metadata(model.cfg, 0.13025, "checkpoint:test", None))
+        m = onnx.load(str(path))
+    init_bytes = sum(onnx.numpy_helper.to_array(i).nbytes for i in m.graph.initializer)
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert init_bytes <= 1.05 * param_bytes
+
+
+def test_metadata_and_manifest_round_trip(tiny_models_dir):
+    manifest = json.loads((tiny_models_dir / contract.MANIFEST_FILE).read_text())
+    assert manifest["contract_version"] == contract.CONTRACT_VERSION
+    assert manifest["provenance"] == "checkpoint:tiny_weights.safetensors"
+    assert manifest["image_size"] == 128 and manifest["latent_size"] == 16
+    assert manifest["vae_scaling_factor"] == 0.13025
+    assert manifest["scheduler"] == contract.scheduler_metadata()
+    golden_alphas = np.load(DATA / "pipeline_case.npz")["alphas_cumprod_all"]
+    assert np.array_equal(np.asarray(manifest[contract.MANIFEST_ALPHAS_CUMPROD], np.float32), golden_alphas)
+    for graph in contract.GRAPHS:
+        entry = manifest[contract.MANIFEST_GRAPHS][graph.key]
+        path = tiny_models_dir / entry["file"]
+        assert entry["sha256"] == file_sha256(path)
+        assert entry["bytes"] == path.stat().st_size
+        assert manifest["parity"][graph.key]["rel_l2"] <= contract.PARITY_REL_L2
+        # The runtime reads metadata without the onnx package: through ORT.
+        meta = _session(path).get_modelmeta().custom_metadata_map
+        assert meta[contract.META_GRAPH] == graph.key
+        for key in (contract.META_PROVENANCE, contract.META_PRECISION):
+            assert meta[key] == manifest[contract.manifest_key(key)]
+        for key in (contract.META_CONTRACT_VERSION, contract.META_MODEL_CONFIG, contract.META_IMAGE_SIZE,
+                    contract.META_LATENT_SIZE, contract.META_SCALING_FACTOR, contract.META_SCHEDULER,
+                    contract.META_LICENSES):
+            assert json.loads(meta[key]) == manifest[contract.manifest_key(key)], key
+        assert json.loads(meta[contract.META_PARITY]) == manifest["parity"][graph.key]
+
+
+def test_parity_gate_catches_wrong_folded_constants(tmp_path, monkeypatch):
+    """Swap the uncond/cond constants in the wrapper only: the gate compares against the unfused
+    model with real ids, so it must refuse the export and leave nothing behind."""
+    original_init = onnx_export.GuidedUNet.__init__
+
+    def swapped(self, model):
+        original_init(self, model)
+        lam = self.cross_lambdas_0
+        self.cross_lambdas_0 = lam.flip(0).clone()
+
+    monkeypatch.setattr(onnx_export.GuidedUNet, "__init__", swapped)
+    vae, sf = load_tiny_vae()
+    out = tmp_path / "models"
+    with pytest.raises(ParityError, match="PARITY_REL_L2"):
+        export_models(load_golden_model(1), vae, sf, out, provenance="checkpoint:test")
+    assert not out.exists()
+
+
+def test_interrupted_export_leaves_no_file(tmp_path, monkeypatch):
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / "keep.txt").write_text("unrelated")
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_export, "export_vae_decoder", interrupt)
+    vae, sf = load_tiny_vae()
+    with pytest.raises(KeyboardInterrupt):
+        export_models(load_golden_model(1), vae, sf, out, provenance="checkpoint:test")
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_static_batch_export(tmp_path):
+    model = load_golden_model(1)
+    path = export_unet(model, tmp_path, onnx_export.common_metadata(model.cfg, 0.13025, "checkpoint:test", None),
+                       static_batch=True)
+    dims = [d.dim_value for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 4, 16, 16]
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "moebius_edge.cli", *args], capture_output=True, text=True, **kw)
+
+
+def test_cli_random_init_tiny_export(tmp_path):
+    out = tmp_path / "models"
+    r = _cli("export", "--random-init", "--preset", "tiny", "--seed", "3", "--out", str(out), timeout=600)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / contract.MANIFEST_FILE).read_text())
+    assert manifest["provenance"] == "random-init:3"
+    assert set(manifest["graphs"]) == {g.key for g in contract.GRAPHS}
+    assert all(v["rel_l2"] <= contract.PARITY_REL_L2 for v in manifest["parity"].values())
+    assert manifest["vae_scaling_factor"] == 0.13025  # the packaged SDXL-layout config
+
+
+def test_cli_export_without_weights_is_one_line(tmp_path):
+    r = _cli("export", "--out", str(tmp_path / "m"))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_full_width_export_at_latent16(tmp_path):
+    """Every op at the full moebius channel counts (212M parameters), 1/16 of the 512² compute."""
+    out = tmp_path / "models"
+    r = _cli("export", "--random-init", "--preset", "moebius", "--image-size", "128", "--out", str(out), timeout=1800)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / contract.MANIFEST_FILE).read_text())
+    assert manifest["latent_size"] == 16
+    assert manifest["parity"]["unet"]["rel_l2"] <= contract.PARITY_REL_L2
