@@ -1,0 +1,142 @@
+"""The official files on the Hugging Face Hub: the Moebius UNet weights and the kl-f8 VAE.
+
+* UNet: ``hustvl/Moebius/<variant>/diffusion_pytorch_model.bin`` (ARCHITECTURE §1, §7);
+* VAE: the ``vae/`` folder of ``hustvl/PixelHacker`` (``config.json`` + weights, §11).
+
+Files go through ``huggingface_hub``'s cache (``HF_HOME`` / ``HF_HUB_CACHE`` or ``cache_dir``),
+which makes downloads resumable and lets a later offline run (``HF_HUB_OFFLINE=1`` or
+``local_files_only``) resolve them without the network. Every failure the user can act on (no
+network and not cached, unknown revision, gated repository) becomes one ``UserError`` line that
+says what to download and where to put it. This module needs ``huggingface_hub`` only (no torch).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from moebius_edge import contract
+from moebius_edge.errors import UserError
+
+log = logging.getLogger(__name__)
+
+VAE_CONFIG_FILE = "config.json"
+# diffusers' preference order; a release holds at least one of them.
+VAE_WEIGHTS_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def _cache_dir_text(cache_dir) -> str:
+    from huggingface_hub import constants
+
+    return str(Path(cache_dir).expanduser()) if cache_dir is not None else constants.HF_HUB_CACHE
+
+
+class _NotCachedError(UserError):
+    """Not in the cache, and the Hub was not asked (offline) or could not be reached."""
+
+
+def _describe(repo_id: str, filename: str, revision) -> str:
+    return f"{repo_id}/{filename}" + (f" (revision {revision})" if revision else "")
+
+
+def _fetch(repo_id: str, filename: str, *, variant: str, cache_dir, local_files_only: bool, revision,
+           what: str | None = None):
+    """``hf_hub_download`` of one file, every library error mapped to one ``UserError`` line.
+
+    Returns the local path, or None when the repository has no such file (so that the caller can
+    try another name). ``what`` names the file in messages (default: repo/filename@revision)."""
+    from huggingface_hub import constants, errors, hf_hub_download
+
+    what = what or _describe(repo_id, filename, revision)
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
+                                    local_files_only=local_files_only))
+    except errors.LocalEntryNotFoundError as e:
+        if local_files_only or constants.is_offline_mode():
+            why = "offline mode is on (" + ("--local-files-only" if local_files_only else "HF_HUB_OFFLINE") + ")"
+        else:
+            cause = e.__cause__ or e.__context__
+            why = "the Hub cannot be reached" + (f" ({type(cause).__name__})" if cause is not None else "")
+        raise _NotCachedError(
+            f"{what} is not in the Hugging Face cache ({_cache_dir_text(cache_dir)}) and {why}: run "
+            f"`moebius-edge download --variant {variant}` on a machine with network access, then copy its "
+            "Hugging Face cache here (or point HF_HOME / --cache-dir at it)") from None
+    except errors.RemoteEntryNotFoundError:
+        return None
+    except errors.RevisionNotFoundError:
+        raise UserError(f"{repo_id} has no revision {revision!r} on the Hub") from None
+    except errors.GatedRepoError:
+        raise UserError(f"{repo_id} is gated: accept its terms on huggingface.co and log in "
+                        "(`hf auth login` or HF_TOKEN)") from None
+    except errors.RepositoryNotFoundError:
+        raise UserError(f"{repo_id} was not found on the Hub (or is private: log in with `hf auth login`)") from None
+    except errors.HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", "?")
+        raise UserError(f"downloading {what} failed (HTTP {status}); run the command again to resume") from None
+    except errors.HTTPError as e:  # the HTTP client's own errors: connection lost mid-download
+        raise UserError(f"downloading {what} failed ({type(e).__name__}: {e}); run the command again "
+                        "to resume") from None
+    except OSError as e:  # disk full, cache folder not writable
+        raise UserError(f"downloading {what} into {_cache_dir_text(cache_dir)} failed: "
+                        f"{e.strerror or e}") from None
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in contract.HUB_VARIANTS:
+        raise UserError(f"unknown variant {variant!r}; choose one of {', '.join(contract.HUB_VARIANTS)}")
+
+
+def resolve_unet(variant: str, cache_dir=None, local_files_only: bool = False, revision: str | None = None) -> Path:
+    """Local path of ``hustvl/Moebius/<variant>/diffusion_pytorch_model.bin`` (downloaded if needed)."""
+    _check_variant(variant)
+    filename = f"{variant}/{contract.HUB_WEIGHTS_FILE}"
+    path = _fetch(contract.HUB_REPO, filename, variant=variant, cache_dir=cache_dir,
+                  local_files_only=local_files_only, revision=revision)
+    if path is None:
+        raise UserError(f"{contract.HUB_REPO} has no file {filename}"
+                        + (f" at revision {revision!r}" if revision else ""))
+    return path
+
+
+def resolve_vae(variant: str = contract.HUB_VARIANTS[0], cache_dir=None, local_files_only: bool = False,
+                revision: str | None = None) -> Path:
+    """Local path of the release VAE folder (``hustvl/PixelHacker/vae``), downloaded if needed.
+
+    ``variant`` only words the hint of the offline error. The weights are fetched at the commit
+    the config resolved to, so both files come from the same snapshot folder."""
+    repo, sub = contract.HUB_VAE_REPO, contract.HUB_VAE_SUBFOLDER
+    fetch = dict(variant=variant, cache_dir=cache_dir, local_files_only=local_files_only)
+    config = _fetch(repo, f"{sub}/{VAE_CONFIG_FILE}", revision=revision, **fetch)
+    if config is None:
+        raise UserError(f"{repo} has no file {sub}/{VAE_CONFIG_FILE}"
+                        + (f" at revision {revision!r}" if revision else ""))
+    folder = config.parent
+    # <cache>/models--org--name/snapshots/<commit>/vae/config.json: pin the weights to that commit.
+    commit = folder.parent.name if re.fullmatch(r"[0-9a-f]{40}", folder.parent.name) else revision
+    if any((folder / name).is_file() for name in VAE_WEIGHTS_FILES):
+        return folder
+    not_cached = None
+    for name in VAE_WEIGHTS_FILES:
+        try:
+            weights = _fetch(repo, f"{sub}/{name}", revision=commit, **fetch,
+                             what=_describe(repo, f"{sub}/diffusion_pytorch_model.{{safetensors,bin}}", revision))
+        except _NotCachedError as e:
+            not_cached = e  # the other name may be cached
+            continue
+        if weights is not None:
+            return weights.parent
+    if not_cached is not None:
+        raise not_cached
+    raise UserError(f"{repo}/{sub} has neither {' nor '.join(VAE_WEIGHTS_FILES)}"
+                    + (f" at revision {revision!r}" if revision else ""))
+
+
+def resolve_official(variant: str, cache_dir=None, local_files_only: bool = False,
+                     revision: str | None = None, vae_revision: str | None = None) -> tuple[Path, Path]:
+    """``(unet_weights_path, vae_folder_path)`` of an official variant, from the Hugging Face cache,
+    downloading what is missing unless offline. ``revision`` pins ``hustvl/Moebius``,
+    ``vae_revision`` pins ``hustvl/PixelHacker``. Raises a one-line ``UserError`` on failure."""
+    unet = resolve_unet(variant, cache_dir=cache_dir, local_files_only=local_files_only, revision=revision)
+    vae = resolve_vae(variant, cache_dir=cache_dir, local_files_only=local_files_only, revision=vae_revision)
+    log.debug("resolved %s: %s, %s", variant, unet, vae)
+    return unet, vae
