@@ -1,0 +1,300 @@
+"""The Moebius inpainting pipeline on ONNX Runtime, in NumPy: any photo size, no torch.
+
+At the model's native size this is the official pipeline (ARCHITECTURE §10) step for step:
+binarise the mask at 127.5; x = u8/255·2 − 1; VAE posterior *samples* of the image and of the
+hole-masked image (the encoder graph takes the noise); latent mask = top-left pixel of every 8×8
+cell; start from the original image's latent noised to the first timestep (strength), with the
+0.0357 noise offset; DDIM with classifier-free guidance inside the UNet graph; decode, ×255 and
+truncate; paste back through the mask feathered by Pillow's GaussianBlur(3). Other sizes go through
+a crop around the hole (``crop.py``) and are pasted back at full resolution.
+
+Random numbers: ``numpy.random.default_rng(seed)``, float32 standard normals drawn per crop in the
+official order (posterior ε of the image, of the masked image, diffusion noise, noise offset).
+Official outputs come from torch's CUDA generator and cannot be reproduced from a seed; to compare
+number for number, pass the four tensors as ``noise`` (the keys of ``NOISE_KEYS``).
+
+Sessions are created lazily and released after each phase (encode, denoise, decode), so at most
+one graph's arena is alive at a time.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from moebius_edge import contract
+from moebius_edge import crop as cropping
+from moebius_edge.errors import UserError
+from moebius_edge.scheduler import DDIMSchedule, add_noise, ddim_step
+from moebius_edge.session import GraphSession, ModelsFolder, SessionConfig, open_models
+
+log = logging.getLogger(__name__)
+
+# The four noise tensors, in the order the official pipeline draws them (ARCHITECTURE §10.2).
+NOISE_KEYS = ("eps_posterior_image", "eps_posterior_masked", "noise_base", "noise_offset_draw")
+
+
+class Cancelled(Exception):
+    """The progress callback returned False."""
+
+
+@dataclass
+class RunInfo:
+    """What the last ``inpaint`` call did, for --json and benchmarks."""
+
+    crops: list = field(default_factory=list)  # [{"box": [x0, y0, x1, y1], "squashed": bool}]
+    steps: int = 0  # model evaluations per crop
+    seconds: dict = field(default_factory=dict)  # phase -> wall seconds
+    providers: dict = field(default_factory=dict)  # graph key -> execution provider that ran
+    decoder_fallback: bool = False
+
+
+def _noise_shapes(latent: int) -> dict:
+    c = contract.LATENT_CHANNELS
+    return {"eps_posterior_image": (1, c, latent, latent), "eps_posterior_masked": (1, c, latent, latent),
+            "noise_base": (1, c, latent, latent), "noise_offset_draw": (1, c, 1, 1)}
+
+
+def draw_noise(rng: np.random.Generator, latent: int) -> dict:
+    """The four draws for one crop, float32, in the official order."""
+    return {k: rng.standard_normal(shape, dtype=np.float32) for k, shape in _noise_shapes(latent).items()}
+
+
+def check_noise(noise, latent: int) -> dict:
+    """Validate injected noise (a mapping such as an opened pipeline_case.npz)."""
+    out = {}
+    for k, shape in _noise_shapes(latent).items():
+        if k not in noise:
+            raise UserError(f"noise file lacks {k!r} (needs {', '.join(NOISE_KEYS)})")
+        a = np.asarray(noise[k])
+        if a.shape != shape:
+            raise UserError(f"noise {k!r} has shape {list(a.shape)}, this model needs {list(shape)}")
+        out[k] = a.astype(np.float32)
+    return out
+
+
+def to_model_input(image_u8: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [−1, 1], computed in float64 as the official code."""
+    x = image_u8.astype(np.float64) / 255.0 * 2.0 - 1.0
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def to_uint8(decoded: np.ndarray) -> np.ndarray:
+    """Decoder output (1, 3, H, W) in [0, 1] -> (H, W, 3) uint8 by ×255 and truncation (official)."""
+    return np.ascontiguousarray((decoded[0] * np.float32(255.0)).astype(np.uint8).transpose(1, 2, 0))
+
+
+@dataclass
+class _Job:
+    """One crop on its way through the phases."""
+
+    crop: cropping.Crop
+    image: np.ndarray  # (N, N, 3) uint8 model input
+    hole: np.ndarray  # (N, N) uint8, 255 = fill
+    noise: dict
+    hole01: np.ndarray = None  # (1, 1, N, N) float32, 1 = fill
+    z_img: np.ndarray = None
+    z_msk: np.ndarray = None
+    latent: np.ndarray = None
+    result: np.ndarray = None  # (N, N, 3) uint8 decoded
+
+
+class Inpainter:
+    """Stateless inpainting on an exported models folder.
+
+    >>> inp = Inpainter.from_models("models")
+    >>> out = inp.inpaint(image_rgb_u8, mask_u8, seed=0)  # mask: 255 = fill
+    """
+
+    def __init__(self, models: ModelsFolder, config: SessionConfig = SessionConfig(), *,
+                 keep_sessions: bool = False):
+        self.models = models
+        self.config = config
+        self.keep_sessions = keep_sessions  # True keeps all three sessions alive between calls
+        self.graphs = {spec.key: GraphSession(models, spec, config) for spec in contract.GRAPHS}
+        self.last_run = RunInfo()
+
+    @classmethod
+    def from_models(cls, models_dir, precision: str = "fp32", providers: str = "auto", *, threads: int = 0,
+                    low_memory: bool = False, verify: bool = True, keep_sessions: bool = False) -> "Inpainter":
+        """Open and check a models folder. ``providers`` is a ``session.PROVIDER_CHOICES`` entry.
+        ``verify`` checks every graph's SHA-256 against the manifest first (reads each file once)."""
+        models = open_models(models_dir, precision)
+        if verify:
+            models.verify()
+        config = SessionConfig(provider=providers, threads=threads, low_memory=low_memory)
+        return cls(models, config, keep_sessions=keep_sessions)
+
+    @property
+    def image_size(self) -> int:
+        return self.models.image_size
+
+    @property
+    def latent_size(self) -> int:
+        return self.models.latent_size
+
+    def plan(self, mask: np.ndarray, *, margin: float = cropping.DEFAULT_MARGIN,
+             min_margin: int = cropping.DEFAULT_MIN_MARGIN, separate: bool = True) -> tuple:
+        """(component labels, crops) for a binarised mask at the image's resolution."""
+        return cropping.plan_crops(mask, self.image_size, margin=margin, min_margin=min_margin,
+                                   separate=separate)
+
+    def release(self) -> None:
+        for g in self.graphs.values():
+            g.release()
+
+    def _done_with(self, key: str) -> None:
+        if not self.keep_sessions:
+            self.graphs[key].release()
+
+    # ------------------------------------------------------------------------------------------
+    def inpaint(self, image: np.ndarray, mask: np.ndarray, *, seed: int = 0, steps: int = contract.DEFAULT_STEPS,
+                guidance: float = contract.DEFAULT_GUIDANCE, strength: float = contract.DEFAULT_STRENGTH,
+                noise=None, progress=None, dilate: int = 0, margin: float = cropping.DEFAULT_MARGIN,
+                min_margin: int = cropping.DEFAULT_MIN_MARGIN, separate: bool = True) -> np.ndarray:
+        """Fill the hole of ``image`` (H, W, 3) uint8 RGB where ``mask`` (H, W) uint8 is ≥ 128.
+
+        Returns a new (H, W, 3) uint8 image; outside the feathered hole it equals ``image``.
+        ``noise``: the four ``NOISE_KEYS`` tensors at the native latent size instead of drawing
+        them from ``seed`` (single-crop runs only). ``progress(done, total)`` is called after every
+        model step; returning False cancels with ``Cancelled``.
+        """
+        from moebius_edge.imageio import binarize, dilate as grow
+
+        image = np.asarray(image)
+        mask = np.asarray(mask)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
+        if mask.dtype != np.uint8 or mask.shape != image.shape[:2]:
+            raise ValueError(f"mask must be uint8 (H, W) = {image.shape[:2]}, got {mask.dtype} {mask.shape}")
+        try:
+            schedule = DDIMSchedule.create(self.models.alphas_cumprod, steps, strength)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        info = RunInfo(steps=len(schedule))
+        self.last_run = info
+        t0 = time.perf_counter()
+
+        hole = grow(binarize(mask), dilate)
+        labels, crops = self.plan(hole, margin=margin, min_margin=min_margin, separate=separate)
+        if not crops:
+            log.warning("the mask has no hole (no value ≥ 128): returning the image unchanged")
+            return image.copy()
+        if hole.all():
+            log.warning("the mask covers the whole image: everything is generated, nothing is kept")
+        if noise is not None and len(crops) > 1:
+            raise UserError(f"injected noise covers one crop, but this mask needs {len(crops)} "
+                            f"(far-apart holes); pass separate=False / a single hole")
+        n, lat = self.image_size, self.latent_size
+        rng = np.random.default_rng(seed) if noise is None else None
+        jobs = []
+        for c in crops:
+            group = np.isin(labels, c.labels).astype(np.uint8) * 255 if len(crops) > 1 else hole
+            tile = cropping.extract(image, c.box)
+            tile_mask = cropping.extract(group, c.box)
+            native_img = cropping.resize_image(tile, (n, n))
+            native_mask = cropping.resize_mask(tile_mask, (n, n))
+            if not native_mask.any():
+                log.warning("hole at %s is too thin to survive the resize to %d px; try --dilate",
+                            [c.hole.x0, c.hole.y0, c.hole.x1, c.hole.y1], n)
+            jobs.append(_Job(crop=c, image=native_img, hole=native_mask,
+                             noise=check_noise(noise, lat) if noise is not None else draw_noise(rng, lat)))
+            info.crops.append({"box": [c.box.x0, c.box.y0, c.box.x1, c.box.y1], "squashed": c.squashed})
+        info.seconds["prepare"] = time.perf_counter() - t0
+
+        self._encode(jobs, info)
+        self._denoise(jobs, schedule, guidance, info, progress)
+        self._decode(jobs, info)
+
+        t = time.perf_counter()
+        out = image.copy()
+        h, w = image.shape[:2]
+        for job in jobs:
+            c = job.crop
+            region = c.region(w, h)
+            back = cropping.resize_back(job.result, (c.box.w, c.box.h))
+            back = back[region.y0 - c.box.y0:region.y1 - c.box.y0, region.x0 - c.box.x0:region.x1 - c.box.x0]
+            group = (np.isin(labels[region.slices], c.labels).astype(np.uint8) * 255 if len(jobs) > 1
+                     else hole[region.slices])
+            feathered = cropping.feather(group, cropping.paste_radius(c.box, n))
+            out[region.slices] = cropping.blend(back, out[region.slices], feathered)
+        info.seconds["paste"] = time.perf_counter() - t
+        info.seconds["total"] = time.perf_counter() - t0
+        info.providers = {k: g.provider for k, g in self.graphs.items() if g.provider}
+        return out
+
+    # -- phases ---------------------------------------------------------------------------------
+    def _encode(self, jobs, info: RunInfo) -> None:
+        enc = self.graphs[contract.VAE_ENCODER.key]
+        t = time.perf_counter()
+        load0 = enc.load_seconds
+        for job in jobs:
+            x = to_model_input(job.image)
+            hole01 = (job.hole.astype(np.float64) / 255.0 >= 0.5).astype(np.float32)[None, None]
+            masked = x * (np.float32(1.0) - hole01)
+            job.z_img = enc.run(image=x, noise=job.noise["eps_posterior_image"])
+            job.z_msk = enc.run(image=masked, noise=job.noise["eps_posterior_masked"])
+            job.hole01 = hole01
+        self._done_with(enc.spec.key)
+        info.seconds["encoder_load"] = enc.load_seconds - load0
+        info.seconds["encode"] = time.perf_counter() - t - info.seconds["encoder_load"]
+
+    def _denoise(self, jobs, schedule: DDIMSchedule, guidance: float, info: RunInfo, progress) -> None:
+        unet = self.graphs[contract.UNET.key]
+        t = time.perf_counter()
+        load0 = unet.load_seconds
+        total, done = len(jobs) * len(schedule), 0
+        g = np.array([guidance], dtype=np.float32)
+        f = contract.VAE_FACTOR
+        for job in jobs:
+            m_lat = np.ascontiguousarray(job.hole01[:, :, ::f, ::f])  # top-left pixel of each 8×8 cell
+            nz = job.noise
+            noise = nz["noise_base"] + np.float32(contract.NOISE_OFFSET) * nz["noise_offset_draw"]
+            x = add_noise(job.z_img, noise, schedule.alpha_start)
+            for i, ts in enumerate(schedule.timesteps):
+                eps = unet.run(latent=x, mask=m_lat, masked_latent=job.z_msk,
+                               timestep=np.array([ts], dtype=np.int64), guidance_scale=g)
+                x = ddim_step(x, eps, schedule.alpha_t[i], schedule.alpha_prev[i])
+                done += 1
+                if progress is not None and progress(done, total) is False:
+                    self.release()
+                    raise Cancelled(f"cancelled after {done} of {total} steps")
+            job.latent = x
+        self._done_with(unet.spec.key)
+        info.seconds["unet_load"] = unet.load_seconds - load0
+        info.seconds["denoise"] = time.perf_counter() - t - info.seconds["unet_load"]
+
+    def _decode(self, jobs, info: RunInfo) -> None:
+        dec = self.graphs[contract.VAE_DECODER.key]
+        t = time.perf_counter()
+        load0 = dec.load_seconds
+        fallback = None
+        for job in jobs:
+            y = dec.run(latent=job.latent)
+            if not np.isfinite(y).all() and self.models.precision != "fp32":
+                log.warning("the %s VAE decoder produced non-finite values; decoding again with the fp32 "
+                            "decoder", self.models.precision)
+                if fallback is None:
+                    fallback = GraphSession(open_models(self.models.root, "fp32"), contract.VAE_DECODER,
+                                            self.config)
+                y = fallback.run(latent=job.latent)
+                info.decoder_fallback = True
+            job.result = to_uint8(np.nan_to_num(y, nan=0.0, posinf=1.0, neginf=0.0))
+        self._done_with(dec.spec.key)
+        info.seconds["decoder_load"] = dec.load_seconds - load0
+        info.seconds["decode"] = time.perf_counter() - t - info.seconds["decoder_load"]
+
+
+def load_noise_file(path) -> dict:
+    """The four noise tensors from an .npz (pipeline_case.npz's keys)."""
+    path = Path(path)
+    try:
+        with np.load(path) as d:
+            return {k: d[k] for k in NOISE_KEYS if k in d.files}
+    except FileNotFoundError:
+        raise UserError(f"noise file not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read noise file {path}: {e}") from None

@@ -1,0 +1,313 @@
+"""The NumPy/ONNX Runtime pipeline on the tiny exported graphs (native size 128 px).
+
+The golden case: pipeline_case.npz was produced by the official pipeline with exactly the weights
+of the ``tiny_models_dir`` fixture, so with its four noise tensors injected the output must match
+within 1 LSB.
+"""
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moebius_edge import contract, crop
+from moebius_edge.errors import UserError
+from moebius_edge.pipeline import NOISE_KEYS, Cancelled, Inpainter, load_noise_file
+from moebius_edge.session import SessionConfig, open_models, resolve_providers
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def inpainter(tiny_models_dir):
+    return Inpainter.from_models(tiny_models_dir, providers="cpu")
+
+
+@pytest.fixture(scope="module")
+def golden():
+    with np.load(DATA / "pipeline_case.npz") as d:
+        return {k: d[k] for k in d.files}
+
+
+def _photo(h, w, seed=0):
+    """A smooth synthetic photo with some texture."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    r = 128 + 100 * np.sin(x / 37.0) * np.cos(y / 23.0)
+    g = 60 + 150 * y / h
+    b = 200 - 120 * x / w
+    img = np.stack([r, g, b], -1) + np.random.default_rng(seed).normal(0, 6, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _may_change(mask, native):
+    """Pixels the paste-back may touch: the union of every crop's feathered hole."""
+    h, w = mask.shape
+    labels, crops = crop.plan_crops(mask, native)
+    out = np.zeros((h, w), bool)
+    for c in crops:
+        r = c.region(w, h)
+        group = np.isin(labels[r.slices], c.labels).astype(np.uint8) * 255
+        out[r.slices] |= crop.feather(group, crop.paste_radius(c.box, native)) > 0
+    return out
+
+
+def test_golden_case_matches_the_official_pipeline(inpainter, golden):
+    assert inpainter.image_size == golden["image_u8"].shape[0] == 128
+    out = inpainter.inpaint(golden["image_u8"], golden["mask_u8"], noise=golden)
+    assert out.dtype == np.uint8 and out.shape == golden["output_u8"].shape
+    diff = np.abs(out.astype(int) - golden["output_u8"])
+    assert diff.max() <= 1
+    assert (diff == 0).mean() >= 0.999
+    info = inpainter.last_run
+    assert info.steps == 19 and info.crops == [{"box": [0, 0, 128, 128], "squashed": False}]
+    assert set(info.providers.values()) == {"CPUExecutionProvider"}
+    # Every session was released after its phase.
+    assert not any(g.loaded for g in inpainter.graphs.values())
+
+
+def test_noise_file(tmp_path, golden):
+    np.savez(tmp_path / "n.npz", **{k: golden[k] for k in NOISE_KEYS})
+    noise = load_noise_file(tmp_path / "n.npz")
+    assert sorted(noise) == sorted(NOISE_KEYS)
+    with pytest.raises(UserError, match="not found"):
+        load_noise_file(tmp_path / "missing.npz")
+
+
+def test_bad_noise_is_refused(inpainter, golden):
+    bad = dict(golden, noise_base=np.zeros((1, 4, 8, 8), np.float32))
+    with pytest.raises(UserError, match="noise_base"):
+        inpainter.inpaint(golden["image_u8"], golden["mask_u8"], noise=bad)
+    with pytest.raises(UserError, match="lacks"):
+        inpainter.inpaint(golden["image_u8"], golden["mask_u8"], noise={"noise_base": golden["noise_base"]})
+
+
+@pytest.mark.parametrize("hole", [
+    (300, 60, 330, 90),  # small: a native-size square around it
+    (150, 60, 270, 180),  # larger than native: a 184 px square, area-filtered down
+    (10, 110, 350, 130),  # long and thin: no square fits, squashed rectangle
+])
+def test_crop_around_the_mask_on_a_large_non_square_photo(inpainter, hole):
+    h, w = 240, 360
+    img = _photo(h, w)
+    mask = np.zeros((h, w), np.uint8)
+    x0, y0, x1, y1 = hole
+    mask[y0:y1, x0:x1] = 255
+    out = inpainter.inpaint(img, mask, seed=3)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    keep = ~_may_change(mask, inpainter.image_size)
+    assert np.array_equal(out[keep], img[keep])
+    assert np.abs(out[y0:y1, x0:x1].astype(int) - img[y0:y1, x0:x1]).mean() > 5
+    (c,) = inpainter.last_run.crops
+    assert c["squashed"] == (hole[2] - hole[0] > 300)
+
+
+def test_small_image_is_padded_and_comes_back_at_its_size(inpainter):
+    img = _photo(90, 70)
+    mask = np.zeros((90, 70), np.uint8)
+    mask[30:50, 20:40] = 255
+    out = inpainter.inpaint(img, mask)
+    assert out.shape == img.shape
+    keep = ~_may_change(mask, inpainter.image_size)
+    assert np.array_equal(out[keep], img[keep])
+    assert inpainter.last_run.crops[0]["box"][0] < 0
+
+
+def test_far_apart_holes_run_as_separate_crops(inpainter, golden):
+    h, w = 300, 600
+    img = _photo(h, w, seed=1)
+    mask = np.zeros((h, w), np.uint8)
+    mask[200:230, 20:50] = 255
+    mask[20:40, 500:530] = 255
+    steps = []
+    out = inpainter.inpaint(img, mask, progress=lambda done, total: steps.append((done, total)))
+    assert len(inpainter.last_run.crops) == 2
+    assert inpainter.last_run.crops[0]["box"][1] < inpainter.last_run.crops[1]["box"][1]  # top-left order
+    assert steps[-1] == (38, 38)
+    keep = ~_may_change(mask, inpainter.image_size)
+    assert np.array_equal(out[keep], img[keep])
+    with pytest.raises(UserError, match="2"):
+        inpainter.inpaint(img, mask, noise=golden)
+    inpainter.inpaint(img, mask, noise=golden, separate=False)  # one crop: accepted
+
+
+def test_determinism_and_seed(inpainter):
+    img = _photo(200, 260, seed=2)
+    mask = np.zeros((200, 260), np.uint8)
+    mask[80:120, 100:150] = 200
+    a = inpainter.inpaint(img, mask, seed=7)
+    b = inpainter.inpaint(img, mask, seed=7)
+    c = inpainter.inpaint(img, mask, seed=8)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_progress_can_cancel(inpainter, golden):
+    seen = []
+
+    def progress(done, total):
+        seen.append(done)
+        return done < 3
+
+    with pytest.raises(Cancelled):
+        inpainter.inpaint(golden["image_u8"], golden["mask_u8"], progress=progress)
+    assert seen == [1, 2, 3]
+    assert not any(g.loaded for g in inpainter.graphs.values())
+
+
+def test_empty_and_full_masks(inpainter, caplog):
+    img = _photo(100, 150)
+    with caplog.at_level(logging.WARNING, logger="moebius_edge"):
+        out = inpainter.inpaint(img, np.full((100, 150), 127, np.uint8))
+    assert np.array_equal(out, img) and "no hole" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="moebius_edge"):
+        out = inpainter.inpaint(img, np.full((100, 150), 255, np.uint8), steps=5)
+    assert out.shape == img.shape and "whole image" in caplog.text
+
+
+def test_api_rejects_wrong_arrays(inpainter):
+    img = _photo(64, 64)
+    with pytest.raises(ValueError, match="image"):
+        inpainter.inpaint(img.astype(np.float32), np.zeros((64, 64), np.uint8))
+    with pytest.raises(ValueError, match="mask"):
+        inpainter.inpaint(img, np.zeros((64, 63), np.uint8))
+    with pytest.raises(UserError, match="strength"):
+        inpainter.inpaint(img, np.zeros((64, 64), np.uint8), strength=0.01)
+
+
+def test_inputs_are_checked_against_the_session(inpainter):
+    unet = inpainter.graphs["unet"]
+    lat = inpainter.latent_size
+    z = np.zeros((1, 4, lat + 1, lat), np.float32)
+    with pytest.raises(UserError, match="latent"):
+        unet.run(latent=z, mask=np.zeros((1, 1, lat, lat), np.float32), masked_latent=z,
+                 timestep=np.array([900]), guidance_scale=np.array([2.5], np.float32))
+    with pytest.raises(ValueError, match="fed"):
+        unet.run(latent=z)
+    unet.release()
+
+
+def test_low_memory_and_threads(tiny_models_dir, golden):
+    inp = Inpainter.from_models(tiny_models_dir, providers="cpu", threads=1, low_memory=True, verify=False)
+    out = inp.inpaint(golden["image_u8"], golden["mask_u8"], noise=golden, steps=20)
+    assert np.abs(out.astype(int) - golden["output_u8"]).max() <= 1
+
+
+def test_provider_fallback(caplog):
+    import onnxruntime as ort
+
+    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
+    assert resolve_providers("auto")[-1] == "CPUExecutionProvider"
+    if "CoreMLExecutionProvider" not in ort.get_available_providers():
+        with caplog.at_level(logging.WARNING, logger="moebius_edge"):
+            assert resolve_providers("coreml") == ["CPUExecutionProvider"]
+        assert "falling back to CPU" in caplog.text
+    with pytest.raises(UserError, match="unknown provider"):
+        resolve_providers("tpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models folder problems
+
+
+@pytest.fixture
+def models_copy(tiny_models_dir, tmp_path):
+    dst = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, dst)
+    return dst
+
+
+def _edit_manifest(folder, **changes):
+    path = folder / contract.MANIFEST_FILE
+    m = json.loads(path.read_text())
+    m.update(changes)
+    path.write_text(json.dumps(m))
+
+
+def test_models_folder_errors(models_copy, tmp_path):
+    with pytest.raises(UserError, match="models folder not found"):
+        open_models(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="not a models folder"):
+        open_models(tmp_path)
+    with pytest.raises(UserError, match="precision int8 is not exported.*available: fp32"):
+        open_models(models_copy, "int8")
+    with pytest.raises(UserError, match="unknown precision"):
+        open_models(models_copy, "bf16")
+
+
+def test_incompatible_contract_version(models_copy):
+    _edit_manifest(models_copy, contract_version=contract.CONTRACT_VERSION + 1)
+    with pytest.raises(UserError, match="contract version"):
+        open_models(models_copy)
+
+
+def test_corrupt_or_truncated_graph(models_copy):
+    path = models_copy / contract.VAE_DECODER.file
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="SHA-256"):
+        Inpainter.from_models(models_copy)
+    path.write_bytes(bytes(data[:-10]))
+    with pytest.raises(UserError, match="bytes"):
+        open_models(models_copy)
+    path.unlink()
+    with pytest.raises(UserError, match="missing"):
+        open_models(models_copy)
+
+
+def test_graphs_that_disagree_with_the_manifest(models_copy, golden):
+    # A manifest claiming another size: each graph's metadata and declared shapes disagree with it.
+    _edit_manifest(models_copy, image_size=256, latent_size=32)
+    inp = Inpainter.from_models(models_copy, providers="cpu", verify=False)
+    with pytest.raises(UserError, match="manifest"):
+        inp.inpaint(_photo(256, 256), np.full((256, 256), 255, np.uint8))
+
+
+def test_non_finite_quantized_decoder_falls_back_to_fp32(models_copy, golden, caplog):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    fp32 = open_models(models_copy)
+    lat, n = fp32.latent_size, fp32.image_size
+    # A stand-in "fp16" variant: the fp32 UNet and encoder, and a decoder that returns NaN.
+    variant = models_copy / contract.precision_subdir("fp16")
+    variant.mkdir()
+    for spec in (contract.UNET, contract.VAE_ENCODER):
+        shutil.copy(models_copy / spec.file, variant / spec.file)
+    nodes = [
+        helper.make_node("Slice", ["latent", "s0", "s1", "ax"], ["l3"]),
+        helper.make_node("Resize", ["l3", "", "scales"], ["big"], mode="nearest"),
+        helper.make_node("Mul", ["big", "nan"], ["image"]),
+    ]
+    inits = [helper.make_tensor("s0", TensorProto.INT64, [1], [0]), helper.make_tensor("s1", TensorProto.INT64, [1], [3]),
+             helper.make_tensor("ax", TensorProto.INT64, [1], [1]),
+             helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 8, 8]),
+             helper.make_tensor("nan", TensorProto.FLOAT, [], [float("nan")])]
+    graph = helper.make_graph(
+        nodes, "nan_decoder",
+        [helper.make_tensor_value_info("latent", TensorProto.FLOAT, ["batch", 4, lat, lat])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, n, n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    manifest = dict(fp32.manifest, precision="fp16")
+    meta = {contract.META_CONTRACT_VERSION: str(contract.CONTRACT_VERSION), contract.META_GRAPH: "vae_decoder",
+            contract.META_PRECISION: "fp16"}
+    helper.set_model_props(model, meta)
+    onnx.save(model, str(variant / contract.VAE_DECODER.file))
+    from moebius_edge.session import sha256_file
+
+    manifest["graphs"] = {s.key: {"file": s.file, "sha256": sha256_file(variant / s.file),
+                                  "bytes": (variant / s.file).stat().st_size} for s in contract.GRAPHS}
+    (variant / contract.MANIFEST_FILE).write_text(json.dumps(manifest))
+
+    inp = Inpainter.from_models(models_copy, precision="fp16", providers="cpu")
+    with caplog.at_level(logging.WARNING, logger="moebius_edge"):
+        out = inp.inpaint(golden["image_u8"], golden["mask_u8"], noise=golden)
+    assert "fp32 decoder" in caplog.text and inp.last_run.decoder_fallback
+    assert np.abs(out.astype(int) - golden["output_u8"]).max() <= 1
+
+
+def test_session_config_defaults():
+    c = SessionConfig()
+    assert (c.provider, c.threads, c.low_memory) == ("auto", 0, False)
