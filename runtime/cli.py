@@ -29,6 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_parser = sub.add_parser
+
+    def add_parser_with_defaults(*args, **kwargs):  # every subcommand's --help shows its defaults
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        return add_parser(*args, **kwargs)
+
+    sub.add_parser = add_parser_with_defaults
     for name in COMMANDS:
         importlib.import_module(f"moebius_edge.commands.{name}").register(sub)
     return parser
@@ -59,6 +66,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"moebius-edge {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `moebius-edge ... | head`: the reader left, not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -220,3 +220,34 @@ def test_full_width_export_at_latent16(tmp_path):
     manifest = json.loads((out / contract.MANIFEST_FILE).read_text())
     assert manifest["latent_size"] == 16
     assert manifest["parity"]["unet"]["rel_l2"] <= contract.PARITY_REL_L2
+
+
+def test_cli_export_variant_from_the_hub_cache(tmp_path):
+    """`make export` path: official files found in the local Hugging Face cache, no other step
+    (the tiny golden weights stand in for the official checkpoint, with --unet-config tiny)."""
+    from .test_download import MOEBIUS_COMMIT, PIXELHACKER_COMMIT, add_to_cache
+
+    cache = tmp_path / "hub"
+    bin_path = tmp_path / "w.bin"
+    torch.save(load_golden_model(1).state_dict(), bin_path)
+    add_to_cache(cache, contract.HUB_REPO, MOEBIUS_COMMIT, f"pretrained/{contract.HUB_WEIGHTS_FILE}",
+                 bin_path.read_bytes())
+    for name, src in (("config.json", "tiny_vae_config.json"),
+                      ("diffusion_pytorch_model.safetensors", "tiny_vae_weights.safetensors")):
+        add_to_cache(cache, contract.HUB_VAE_REPO, PIXELHACKER_COMMIT, f"{contract.HUB_VAE_SUBFOLDER}/{name}",
+                     (DATA / src).read_bytes())
+    out = tmp_path / "models"
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1"}
+    r = _cli("export", "--variant", "pretrained", "--unet-config", "tiny", "--cache-dir", str(cache),
+             "--out", str(out), env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / contract.MANIFEST_FILE).read_text())
+    assert manifest["provenance"] == "official:pretrained"
+    assert manifest["weights_sha256"] == file_sha256(bin_path)
+    # Same weights as the golden fixture, so the same UNet numbers.
+    assert _golden_rows_through_guided_unet(_session(out / contract.UNET.file), 1) <= contract.GOLDEN_MAX_ABS
+
+    r = _cli("export", "--variant", "ft_ffhq", "--unet-config", "tiny", "--cache-dir", str(cache),
+             "--out", str(tmp_path / "m2"), env=env, timeout=600)
+    assert r.returncode == 2 and "moebius-edge download --variant ft_ffhq" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "m2").exists()

@@ -45,6 +45,6 @@ def register(sub):
     p.add_argument("--out", default="models", metavar="DIR", help="output folder")
     p.add_argument("--static-batch", action="store_true", help="fix the batch to 1 (mobile execution providers)")
     p.add_argument("--local-files-only", action="store_true", help="never contact the Hub with --variant")
-    p.add_argument("--cache-dir", metavar="DIR", help="Hugging Face cache folder (default: HF_HOME)")
+    p.add_argument("--cache-dir", metavar="DIR", help="Hugging Face cache folder (HF_HOME's when omitted)")
     p.add_argument("--json", action="store_true", help="also print the provenance, parity and graph table as JSON")
     p.set_defaults(func=_export)
