@@ -1,6 +1,306 @@
-"""`moebius-edge run`."""
+"""`moebius-edge run`: inpaint a photo (or a folder of photos) with an exported models folder.
+
+    moebius-edge run photo.jpg mask.png [-o out.jpg]
+    moebius-edge run photos/ --masks masks/ -o results/
+
+Needs only the base install (numpy, onnxruntime, Pillow/OpenCV). Output: the photo as displayed,
+same size, only the hole changed; default name ``<stem>.inpainted.<ext>`` beside the input.
+Existing files are never overwritten without --force, the input never; files are written
+atomically, and nothing is written when something fails.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from moebius_edge import contract
+from moebius_edge.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODELS = "models"
 
 
 def register(sub):
-    p = sub.add_parser("run", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: 1)
+    p = sub.add_parser(
+        "run", help="inpaint a photo (or a folder of photos) where a mask is painted",
+        description="Fill the masked part of a photo with the Moebius model on ONNX Runtime. The photo "
+        "keeps its size, orientation and metadata; only the hole changes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("image", metavar="IMAGE", help="photo (JPEG/PNG/WebP/TIFF), or a folder of photos")
+    p.add_argument("mask", metavar="MASK", nargs="?",
+                   help="mask painted over the photo as displayed: white (≥ 128) = fill")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="output file (format from its extension); a folder in batch mode "
+                        "[default: <stem>.inpainted.<ext> beside the input]")
+    p.add_argument("--masks", metavar="DIR_OR_MASK",
+                   help="batch mode: folder of masks paired with the photos by file stem, or one mask for all")
+    p.add_argument("--models", default=DEFAULT_MODELS, metavar="DIR", help="models folder from `moebius-edge export`")
+    g = p.add_argument_group("sampling")
+    g.add_argument("--steps", type=int, default=contract.DEFAULT_STEPS, help="DDIM steps (before strength)")
+    g.add_argument("--guidance", type=float, default=contract.DEFAULT_GUIDANCE, help="classifier-free guidance scale")
+    g.add_argument("--strength", type=float, default=contract.DEFAULT_STRENGTH,
+                   help="fraction of the schedule to run (0.99: 19 of 20 steps, from t = 900)")
+    g.add_argument("--seed", type=int, default=0, help="seed of numpy's default_rng for the noise")
+    g.add_argument("--noise-file", metavar="F.npz",
+                   help="inject the four noise tensors (eps_posterior_image, eps_posterior_masked, "
+                        "noise_base, noise_offset_draw at the native latent size) instead of drawing them; "
+                        "single-crop runs only")
+    m = p.add_argument_group("mask")
+    m.add_argument("--mask-channel", choices=("auto", "alpha", "luminance"), default="auto",
+                   help="which channel is the mask; auto: alpha if the mask has transparency, else luminance")
+    m.add_argument("--invert-mask", action="store_true", help="black = fill instead of white = fill")
+    m.add_argument("--dilate", type=int, default=0, metavar="N", help="grow the hole by N pixels")
+    m.add_argument("--margin", type=float, default=0.25,
+                   help="context around the hole, as a fraction of the hole's longer side (at least 32 px)")
+    m.add_argument("--allow-empty-mask", action="store_true",
+                   help="a mask without a hole copies the input instead of failing")
+    r = p.add_argument_group("runtime")
+    r.add_argument("--precision", choices=contract.PRECISIONS, default="fp32", help="graph variant")
+    r.add_argument("--provider", choices=("auto", "cpu", "cuda", "coreml", "nnapi", "xnnpack"), default="auto",
+                   help="execution provider (falls back to CPU)")
+    r.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's choice)")
+    r.add_argument("--low-memory", action="store_true", help="turn off ORT's memory arena (less RAM, slower)")
+    r.add_argument("--max-pixels", type=float, default=50e6,
+                   help="refuse larger images (protects against decompression bombs)")
+    o = p.add_argument_group("output")
+    o.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
+    o.add_argument("-f", "--force", action="store_true", help="overwrite an existing output file")
+    o.add_argument("--json", action="store_true", help="print machine-readable results and timings on stdout")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_args(args) -> None:
+    if args.steps < 1:
+        raise UserError("--steps must be at least 1")
+    if not 0.0 < args.strength <= 1.0:
+        raise UserError("--strength must be in (0, 1]")
+    if args.dilate < 0:
+        raise UserError("--dilate must be ≥ 0")
+    if not 0 < args.max_pixels:
+        raise UserError("--max-pixels must be positive")
+    if not 1 <= args.quality <= 100:
+        raise UserError("--quality must be between 1 and 100")
+    if args.margin < 0:
+        raise UserError("--margin must be ≥ 0")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def _check_output(image: Path, out: Path, force: bool) -> None:
+    from moebius_edge.imageio import output_format
+
+    output_format(out)
+    if _same_file(image, out):
+        raise UserError(f"refusing to overwrite the input {image}; choose another output with -o")
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; pass --force to overwrite it")
+    if out.exists() and out.is_dir():
+        raise UserError(f"{out} is a folder")
+
+
+def default_output(image: Path) -> Path:
+    return image.with_name(f"{image.stem}.inpainted{image.suffix}")
+
+
+class _Progress:
+    """tqdm step bar on a terminal; nothing otherwise."""
+
+    def __init__(self, enabled: bool, desc: str):
+        self.bar = None
+        self.enabled = enabled
+        self.desc = desc
+
+    def __call__(self, done: int, total: int):
+        if not self.enabled:
+            return True
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="step", leave=False, file=sys.stderr)
+        self.bar.update(done - self.bar.n)
+        return True
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _Runner:
+    """Shared state of one `run` invocation: the arguments and the (lazily opened) models."""
+
+    def __init__(self, args):
+        self.args = args
+        self._inpainter = None
+        self.noise = None
+        self.verify_seconds = 0.0
+        if args.noise_file:
+            from moebius_edge.pipeline import load_noise_file
+
+            self.noise = load_noise_file(args.noise_file)
+
+    @property
+    def inpainter(self):
+        if self._inpainter is None:
+            from moebius_edge.pipeline import Inpainter
+
+            t = time.perf_counter()
+            a = self.args
+            self._inpainter = Inpainter.from_models(a.models, a.precision, a.provider, threads=a.threads,
+                                                    low_memory=a.low_memory)
+            self.verify_seconds = time.perf_counter() - t
+        return self._inpainter
+
+    def one(self, image_path: Path, mask_path: Path, out: Path, *, step_bar: bool) -> dict:
+        """Inpaint one pair and write the result; returns the --json record."""
+        from moebius_edge import imageio
+
+        a = self.args
+        t0 = time.perf_counter()
+        _check_output(image_path, out, a.force)
+        max_pixels = int(a.max_pixels)
+        photo = imageio.read_image(image_path, max_pixels)
+        h, w = photo.rgb.shape[:2]
+        raw = imageio.read_mask(mask_path, (w, h), channel=a.mask_channel, invert=a.invert_mask,
+                                max_pixels=max_pixels)
+        hole = imageio.dilate(imageio.binarize(raw), a.dilate)
+        record = {"input": str(image_path), "mask": str(mask_path), "output": str(out), "size": [w, h]}
+        if not hole.any():
+            if not a.allow_empty_mask:
+                raise UserError(f"mask {mask_path} has no hole (no pixel ≥ 128 after --invert-mask/--dilate): "
+                                f"nothing to inpaint; pass --allow-empty-mask to copy the input instead")
+            log.warning("mask %s has no hole: copying the input to %s", mask_path, out)
+            if imageio.output_format(out) == photo.format:
+                imageio.copy_file(image_path, out)  # same format: the very bytes, EXIF rotation included
+            else:
+                imageio.write_image(out, photo.rgb, alpha=photo.alpha, exif=photo.exif,
+                                    icc_profile=photo.icc_profile, quality=a.quality)
+            record.update(copied=True, seconds={"total": time.perf_counter() - t0})
+            return record
+        if hole.all():
+            log.warning("mask %s covers the whole image: nothing of the photo is kept", mask_path)
+        read_s = time.perf_counter() - t0
+        inp = self.inpainter
+        bar = _Progress(step_bar and not a.no_progress and sys.stderr.isatty(), image_path.name)
+        try:
+            result = inp.inpaint(photo.rgb, hole, seed=a.seed, steps=a.steps, guidance=a.guidance,
+                                 strength=a.strength, noise=self.noise, progress=bar, margin=a.margin)
+        finally:
+            bar.close()
+        t = time.perf_counter()
+        imageio.write_image(out, result, alpha=photo.alpha, exif=photo.exif, icc_profile=photo.icc_profile,
+                            quality=a.quality)
+        info = inp.last_run
+        seconds = {"read": read_s, **info.seconds, "write": time.perf_counter() - t}
+        if self.verify_seconds:
+            seconds["open_models"], self.verify_seconds = self.verify_seconds, 0.0
+        seconds["total"] = time.perf_counter() - t0 + seconds.get("open_models", 0.0)
+        record.update(copied=False, crops=info.crops, steps=info.steps, providers=info.providers,
+                      precision=a.precision, decoder_fallback=info.decoder_fallback,
+                      seconds={k: round(v, 4) for k, v in seconds.items()})
+        log.info("wrote %s (%d×%d, %d crop%s, %.1f s)", out, w, h, len(info.crops),
+                 "" if len(info.crops) == 1 else "s", seconds["total"])
+        return record
+
+
+def _run(args) -> int:
+    _check_args(args)
+    image = Path(args.image)
+    if image.is_dir():
+        return _run_batch(args, image)
+    if args.masks and not args.mask:
+        args.mask = args.masks
+    if not args.mask:
+        raise UserError("give a MASK after the image (or a folder of images with --masks)")
+    if not image.exists():
+        raise UserError(f"image not found: {image}")
+    out = Path(args.output) if args.output else default_output(image)
+    if out.is_dir():
+        out = out / image.name
+    record = _Runner(args).one(image, Path(args.mask), out, step_bar=True)
+    if args.json:
+        print(json.dumps(record, indent=1))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch mode
+
+
+def _find_mask(masks: Path, stem: str):
+    from moebius_edge.imageio import supported_extension
+
+    if masks.is_file():
+        return masks
+    found = sorted(p for p in masks.iterdir() if p.stem == stem and supported_extension(p))
+    if not found:
+        raise UserError(f"no mask named {stem}.* in {masks}")
+    if len(found) > 1:
+        raise UserError(f"several masks for {stem}: {', '.join(p.name for p in found)}")
+    return found[0]
+
+
+def _run_batch(args, folder: Path) -> int:
+    from moebius_edge.imageio import supported_extension
+
+    if args.mask:
+        raise UserError("batch mode takes the masks with --masks DIR_OR_MASK, not as a second argument")
+    if not args.masks:
+        raise UserError(f"{folder} is a folder: give the masks with --masks DIR_OR_MASK")
+    if not args.output:
+        raise UserError("batch mode needs an output folder: -o OUTDIR")
+    masks, outdir = Path(args.masks), Path(args.output)
+    if not masks.exists():
+        raise UserError(f"masks not found: {masks}")
+    if args.noise_file:
+        log.warning("--noise-file: the same noise is used for every photo")
+    if outdir.exists() and not outdir.is_dir():
+        raise UserError(f"{outdir} exists and is not a folder")
+    if outdir.exists() and _same_file(folder, outdir):
+        raise UserError(f"the output folder is the input folder {folder}: outputs would replace the inputs")
+    images = sorted(p for p in folder.iterdir()
+                    if p.is_file() and not p.name.startswith(".") and supported_extension(p))
+    if masks.is_dir() and _same_file(masks, folder):
+        raise UserError("the masks folder is the images folder: masks are paired by file stem, so they "
+                        "need their own folder")
+    if not images:
+        raise UserError(f"no JPEG/PNG/WebP/TIFF images in {folder}")
+    runner = _Runner(args)
+    runner.inpainter  # noqa: B018 - a bad models folder fails every pair: stop before starting
+    outdir.mkdir(parents=True, exist_ok=True)
+    records, failures = [], []
+    from tqdm import tqdm
+
+    bar = tqdm(images, unit="image", file=sys.stderr,
+               disable=args.no_progress or not sys.stderr.isatty() or len(images) < 2)
+    for image in bar:
+        bar.set_postfix_str(image.name, refresh=False)
+        try:
+            mask = _find_mask(masks, image.stem)
+            records.append(runner.one(image, mask, outdir / image.name, step_bar=False))
+        except UserError as e:
+            failures.append({"input": str(image), "error": str(e)})
+            tqdm.write(f"moebius-edge run: skipped {image.name}: {e}", file=sys.stderr)
+    bar.close()
+    done = len(records)
+    log.info("%d of %d images done%s", done, len(images), f", {len(failures)} skipped" if failures else "")
+    if args.json:
+        print(json.dumps({"results": records, "skipped": failures}, indent=1))
+    if failures:
+        print(f"moebius-edge run: {len(failures)} of {len(images)} images skipped", file=sys.stderr)
+        return 2
+    return 0
+

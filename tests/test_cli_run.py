@@ -1,0 +1,346 @@
+"""`moebius-edge run` and `moebius-edge info` on the tiny exported graphs.
+
+Most cases call ``cli.main`` in-process (fast); one runs the CLI in a subprocess in which torch,
+diffusers, onnx and onnxsim cannot be imported, as on a base install.
+"""
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from moebius_edge import cli, contract
+
+DATA = Path(__file__).parent / "data"
+ORIENTATION, MAKE = 0x0112, 0x010F
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    # cli.main installs its own handler on the package logger; put things back for other tests.
+    log = logging.getLogger("moebius_edge")
+    saved = (log.handlers[:], log.level, log.propagate)
+    yield
+    log.handlers[:], log.level, log.propagate = saved
+
+
+@pytest.fixture(scope="module")
+def golden():
+    with np.load(DATA / "pipeline_case.npz") as d:
+        return {k: d[k] for k in d.files}
+
+
+def _photo(h, w, seed=0):
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    img = np.stack([128 + 90 * np.sin(x / 17.0), 60 + 150 * y / h, 200 - 120 * x / w], -1)
+    img += np.random.default_rng(seed).normal(0, 5, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _mask(h, w, box):
+    m = np.zeros((h, w), np.uint8)
+    x0, y0, x1, y1 = box
+    m[y0:y1, x0:x1] = 255
+    return m
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """A 200×150 photo and its mask, as PNG files."""
+    Image.fromarray(_photo(150, 200)).save(tmp_path / "photo.png")
+    Image.fromarray(_mask(150, 200, (80, 50, 120, 90))).save(tmp_path / "mask.png")
+    return tmp_path / "photo.png", tmp_path / "mask.png"
+
+
+def run(capsys, *argv):
+    rc = cli.main(["run", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _error_line(err: str) -> str:
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("moebius-edge run: error: "), err
+    return lines[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cli_without_torch_reproduces_the_golden(tiny_models_dir, golden, tmp_path):
+    Image.fromarray(golden["image_u8"]).save(tmp_path / "img.png")
+    Image.fromarray(golden["mask_u8"]).save(tmp_path / "mask.png")
+    code = ("import sys\n"
+            "for m in ('torch', 'diffusers', 'onnx', 'onnxsim'): sys.modules[m] = None\n"
+            "from moebius_edge.cli import main\n"
+            "rc = main(sys.argv[1:])\n"
+            "assert not [m for m in ('torch', 'diffusers', 'onnx', 'onnxsim') if sys.modules.get(m)]\n"
+            "sys.exit(rc)\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "run", str(tmp_path / "img.png"), str(tmp_path / "mask.png"),
+         "--models", str(tiny_models_dir), "--noise-file", str(DATA / "pipeline_case.npz"), "--json"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["output"] == str(tmp_path / "img.inpainted.png")
+    assert record["steps"] == 19 and record["seconds"]["total"] > 0 and "denoise" in record["seconds"]
+    assert "running on CPUExecutionProvider" in proc.stderr
+    out = np.asarray(Image.open(tmp_path / "img.inpainted.png"))
+    diff = np.abs(out.astype(int) - golden["output_u8"])
+    assert diff.max() <= 1 and (diff == 0).mean() >= 0.999
+
+
+def test_default_output_and_overwrite_rules(tiny_models_dir, pair, capsys):
+    photo, mask = pair
+    rc, _, err = run(capsys, photo, mask, "--models", tiny_models_dir, "--steps", 5)
+    out = photo.with_name("photo.inpainted.png")
+    assert rc == 0 and out.is_file(), err
+    before = out.read_bytes()
+    rc, _, err = run(capsys, photo, mask, "--models", tiny_models_dir, "--steps", 5)
+    assert rc == 2 and "--force" in _error_line(err) and out.read_bytes() == before
+    rc, _, err = run(capsys, photo, mask, "--models", tiny_models_dir, "--steps", 5, "--force", "--seed", 1)
+    assert rc == 0 and out.read_bytes() != before
+    original = photo.read_bytes()
+    rc, _, err = run(capsys, photo, mask, "--models", tiny_models_dir, "-o", photo, "--force")
+    assert rc == 2 and "input" in _error_line(err) and photo.read_bytes() == original
+    assert not [p for p in photo.parent.iterdir() if p.name.startswith(".")]  # no temporary files
+
+
+def test_same_seed_same_bytes(tiny_models_dir, pair, capsys):
+    photo, mask = pair
+    outs = []
+    for name in ("a.png", "b.png"):
+        rc, _, err = run(capsys, photo, mask, "--models", tiny_models_dir, "-o", photo.parent / name, "--seed", 4)
+        assert rc == 0, err
+        outs.append((photo.parent / name).read_bytes())
+    assert outs[0] == outs[1]
+
+
+def test_crop_keeps_size_and_untouched_pixels(tiny_models_dir, tmp_path, capsys):
+    h, w = 260, 420
+    img = _photo(h, w, seed=3)
+    Image.fromarray(img).save(tmp_path / "big.png")
+    Image.fromarray(_mask(h, w, (300, 40, 340, 70))).save(tmp_path / "m.png")
+    rc, out, err = run(capsys, tmp_path / "big.png", tmp_path / "m.png", "--models", tiny_models_dir, "--json")
+    assert rc == 0, err
+    (c,) = json.loads(out)["crops"]
+    x0, y0, x1, y1 = c["box"]
+    res = np.asarray(Image.open(tmp_path / "big.inpainted.png"))
+    assert res.shape == img.shape
+    outside = np.ones((h, w), bool)
+    outside[max(y0, 0):y1, max(x0, 0):x1] = False
+    assert np.array_equal(res[outside], img[outside])
+    assert np.abs(res[40:70, 300:340].astype(int) - img[40:70, 300:340]).mean() > 5
+
+
+def test_exif_rotated_jpeg(tiny_models_dir, tmp_path, capsys):
+    h, w = 140, 200  # displayed size (landscape); stored rotated as portrait
+    up = _photo(h, w, seed=5)
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    exif[MAKE] = "TestCam"
+    Image.fromarray(np.rot90(up, 1)).save(tmp_path / "p.jpg", quality=95, exif=exif.tobytes())
+    Image.fromarray(_mask(h, w, (20, 20, 50, 50))).save(tmp_path / "m.png")  # painted on the displayed photo
+    rc, _, err = run(capsys, tmp_path / "p.jpg", tmp_path / "m.png", "--models", tiny_models_dir, "--quality", 97)
+    assert rc == 0, err
+    res = Image.open(tmp_path / "p.inpainted.jpg")
+    assert res.size == (w, h) and res.format == "JPEG"
+    e = res.getexif()
+    assert ORIENTATION not in e and e[MAKE] == "TestCam"
+    a = np.asarray(res).astype(int)
+    assert np.abs(a[100:, 120:] - up[100:, 120:]).mean() < 4  # far from the hole: only JPEG noise
+    assert np.abs(a[20:50, 20:50] - up[20:50, 20:50]).mean() > 5
+
+
+def test_rgba_and_16_bit_png(tiny_models_dir, tmp_path, capsys):
+    import cv2
+
+    h, w = 130, 150
+    rgb = _photo(h, w, seed=6)
+    alpha = np.tile(np.linspace(50, 255, w).astype(np.uint8), (h, 1))
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(tmp_path / "a.png")
+    Image.fromarray(_mask(h, w, (60, 60, 90, 90))).save(tmp_path / "m.png")
+    rc, _, err = run(capsys, tmp_path / "a.png", tmp_path / "m.png", "--models", tiny_models_dir)
+    assert rc == 0, err
+    res = np.asarray(Image.open(tmp_path / "a.inpainted.png"))
+    assert res.shape == (h, w, 4) and np.array_equal(res[..., 3], alpha)
+    assert np.array_equal(res[:30, :, :3], rgb[:30])
+
+    g16 = (rgb.astype(np.uint16) * 257)[..., ::-1]
+    cv2.imwrite(str(tmp_path / "c16.png"), g16)
+    rc, _, err = run(capsys, tmp_path / "c16.png", tmp_path / "m.png", "--models", tiny_models_dir,
+                     "-o", tmp_path / "c16.webp")
+    assert rc == 0, err
+    assert Image.open(tmp_path / "c16.webp").size == (w, h)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, exit code 2, no output file
+
+
+def _no_outputs(folder: Path):
+    return not [p for p in folder.iterdir() if ".inpainted" in p.name or p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("case", ["missing-image", "missing-mask", "junk-image", "junk-mask", "aspect",
+                                  "too-many-pixels", "empty-mask", "bad-extension", "bad-steps"])
+def test_bad_input(tiny_models_dir, pair, capsys, case):
+    photo, mask = pair
+    folder = photo.parent
+    args = [photo, mask, "--models", tiny_models_dir]
+    expect = {"missing-image": "image not found", "missing-mask": "mask not found",
+              "junk-image": "cannot read image", "junk-mask": "cannot read mask", "aspect": "aspect",
+              "too-many-pixels": "max-pixels", "empty-mask": "no hole", "bad-extension": "extension",
+              "bad-steps": "steps"}[case]
+    if case == "missing-image":
+        args[0] = folder / "nope.png"
+    elif case == "missing-mask":
+        args[1] = folder / "nope.png"
+    elif case == "junk-image":
+        (folder / "junk.png").write_bytes(b"\x89PNG but not really")
+        args[0] = folder / "junk.png"
+    elif case == "junk-mask":
+        (folder / "junk.png").write_bytes(b"GIF89a....")
+        args[1] = folder / "junk.png"
+    elif case == "aspect":
+        Image.fromarray(np.zeros((150, 150), np.uint8)).save(folder / "sq.png")
+        args[1] = folder / "sq.png"
+    elif case == "too-many-pixels":
+        args += ["--max-pixels", 10_000]
+    elif case == "empty-mask":
+        Image.fromarray(np.full((150, 200), 127, np.uint8)).save(folder / "empty.png")
+        args[1] = folder / "empty.png"
+    elif case == "bad-extension":
+        args += ["-o", folder / "out.gif"]
+    elif case == "bad-steps":
+        args += ["--steps", 0]
+    rc, out, err = run(capsys, *args)
+    assert rc == 2
+    assert expect in _error_line(err)
+    assert out == ""
+    assert _no_outputs(folder)
+
+
+def test_empty_mask_can_copy_the_input(tiny_models_dir, pair, capsys):
+    photo, _ = pair
+    Image.fromarray(np.zeros((150, 200), np.uint8)).save(photo.parent / "empty.png")
+    rc, _, err = run(capsys, photo, photo.parent / "empty.png", "--models", tiny_models_dir, "--allow-empty-mask")
+    assert rc == 0 and "no hole" in err
+    assert photo.with_name("photo.inpainted.png").read_bytes() == photo.read_bytes()
+    rc, _, err = run(capsys, photo, photo.parent / "empty.png", "--models", tiny_models_dir, "--allow-empty-mask",
+                     "-o", photo.parent / "copy.jpg")
+    assert rc == 0 and Image.open(photo.parent / "copy.jpg").size == (200, 150)
+
+
+def test_full_mask_warns_and_runs(tiny_models_dir, pair, capsys):
+    photo, _ = pair
+    Image.fromarray(np.full((75, 100), 255, np.uint8)).save(photo.parent / "full.png")  # half size, same aspect
+    rc, _, err = run(capsys, photo, photo.parent / "full.png", "--models", tiny_models_dir, "--steps", 4)
+    assert rc == 0 and "whole image" in err
+    assert photo.with_name("photo.inpainted.png").is_file()
+
+
+def test_inverted_dilated_and_alpha_masks(tiny_models_dir, pair, capsys):
+    photo, mask = pair
+    inv = 255 - np.asarray(Image.open(mask))
+    Image.fromarray(inv).save(photo.parent / "inv.png")
+    rc, out, err = run(capsys, photo, photo.parent / "inv.png", "--models", tiny_models_dir, "--invert-mask",
+                       "--dilate", 4, "--json", "-o", photo.parent / "o1.png")
+    assert rc == 0, err
+    rgba = np.zeros((150, 200, 4), np.uint8)
+    rgba[..., 3] = np.asarray(Image.open(mask))
+    Image.fromarray(rgba, "RGBA").save(photo.parent / "alpha.png")
+    rc, _, err = run(capsys, photo, photo.parent / "alpha.png", "--models", tiny_models_dir, "--mask-channel",
+                     "alpha", "-o", photo.parent / "o2.png")
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize("case", ["no-models", "contract-version", "precision"])
+def test_bad_models(tiny_models_dir, pair, tmp_path, capsys, case):
+    import shutil
+
+    photo, mask = pair
+    models = tmp_path / "models"
+    args = [photo, mask, "--models", models]
+    if case == "contract-version":
+        shutil.copytree(tiny_models_dir, models)
+        m = json.loads((models / contract.MANIFEST_FILE).read_text())
+        m["contract_version"] = 999
+        (models / contract.MANIFEST_FILE).write_text(json.dumps(m))
+    elif case == "precision":
+        args = [photo, mask, "--models", tiny_models_dir, "--precision", "int8"]
+    rc, _, err = run(capsys, *args)
+    assert rc == 2
+    line = _error_line(err)
+    assert {"no-models": "models folder not found", "contract-version": "contract version",
+            "precision": "int8 is not exported"}[case] in line
+    assert _no_outputs(photo.parent)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch
+
+
+def test_batch(tiny_models_dir, tmp_path, capsys):
+    images, masks, outdir = tmp_path / "images", tmp_path / "masks", tmp_path / "out"
+    images.mkdir()
+    masks.mkdir()
+    for i, name in enumerate(["a", "b", "c", "d"]):
+        Image.fromarray(_photo(100 + 10 * i, 140, seed=i)).save(images / f"{name}.png")
+    Image.fromarray(_mask(100, 140, (30, 30, 60, 60))).save(masks / "a.png")
+    Image.fromarray(_mask(110, 140, (30, 30, 60, 60))).save(masks / "b.jpg")
+    (masks / "d.png").write_bytes(b"broken")  # d: unreadable mask; c: no mask at all
+    (images / "notes.txt").write_text("not an image")
+    rc, out, err = run(capsys, images, "--masks", masks, "-o", outdir, "--models", tiny_models_dir, "--steps", 3,
+                       "--json")
+    assert rc == 2
+    assert sorted(p.name for p in outdir.iterdir()) == ["a.png", "b.png"]
+    report = json.loads(out)
+    assert [Path(r["output"]).name for r in report["results"]] == ["a.png", "b.png"]
+    assert sorted(Path(s["input"]).name for s in report["skipped"]) == ["c.png", "d.png"]
+    assert "skipped c.png" in err and "skipped d.png" in err and "2 of 4 images skipped" in err
+
+    # One mask for every photo (same aspect ratio within 1 %).
+    Image.fromarray(_mask(100, 140, (10, 10, 30, 30))).save(tmp_path / "one.png")
+    for name in ("c", "d"):
+        (images / f"{name}.png").unlink()
+    rc, _, err = run(capsys, images, "--masks", tmp_path / "one.png", "-o", outdir, "--models", tiny_models_dir,
+                     "--steps", 3)
+    assert rc == 2 and "exists" in err  # a.png exists already; b.png has another aspect ratio
+    rc, _, err = run(capsys, images, "--masks", tmp_path / "one.png", "-o", outdir, "--models", tiny_models_dir,
+                     "--steps", 3, "--force")
+    assert rc == 2 and "aspect" in err
+
+
+def test_batch_argument_errors(tiny_models_dir, tmp_path, capsys):
+    (tmp_path / "imgs").mkdir()
+    rc, _, err = run(capsys, tmp_path / "imgs", "--models", tiny_models_dir, "-o", tmp_path / "o")
+    assert rc == 2 and "--masks" in _error_line(err)
+    rc, _, err = run(capsys, tmp_path / "imgs", "--masks", tmp_path / "imgs", "--models", tiny_models_dir)
+    assert rc == 2 and "-o" in _error_line(err)
+    rc, _, err = run(capsys, tmp_path / "imgs", "--masks", tmp_path / "x.png", "-o", tmp_path / "imgs",
+                     "--models", tiny_models_dir)
+    assert rc == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# info
+
+
+def test_info(tiny_models_dir, capsys, tmp_path, monkeypatch):
+    assert cli.main(["info", "--models", str(tiny_models_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "CPUExecutionProvider" in out and "fp32" in out and "unet.onnx" in out and "provenance" in out
+    assert cli.main(["info", "--models", str(tiny_models_dir), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    v = d["models"]["variants"]["fp32"]
+    assert v["compatible"] and v["image_size"] == 128 and set(v["graphs"]) == {g.key for g in contract.GRAPHS}
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["info"]) == 0
+    assert "models: none" in capsys.readouterr().out
+    assert cli.main(["info", "--models", str(tmp_path / "nope")]) == 2
