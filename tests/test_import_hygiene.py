@@ -45,8 +45,15 @@ def _declared_base_dependencies() -> set:
     return {_norm(re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]) for d in deps}
 
 
+# Interchangeable builds of a base dependency (GPU users swap onnxruntime for onnxruntime-gpu).
+ALIASES = {"onnxruntime-gpu": "onnxruntime", "onnxruntime-directml": "onnxruntime",
+           "opencv-python": "opencv-python-headless", "opencv-contrib-python": "opencv-python-headless",
+           "opencv-contrib-python-headless": "opencv-python-headless"}
+
+
 def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+    name = re.sub(r"[-_.]+", "-", name).lower()
+    return ALIASES.get(name, name)
 
 
 def _imports(path: Path, top_level_only: bool) -> set:
