@@ -231,13 +231,18 @@ def feather(mask: np.ndarray, radius) -> np.ndarray:
     return np.asarray(Image.fromarray(mask).filter(ImageFilter.GaussianBlur(radius)))
 
 
-def blend(result: np.ndarray, original: np.ndarray, feathered: np.ndarray) -> np.ndarray:
+def blend(result: np.ndarray, original: np.ndarray, feathered: np.ndarray, rows: int = 256) -> np.ndarray:
     """The official paste-back: ``uint8((R/255·M + (1 − M)·I/255)·255)`` in float64, truncated,
-    with M = feathered/255 (ARCHITECTURE §10.4). M = 0 gives I back exactly."""
-    m = (feathered.astype(np.float64) / 255.0)[..., None]
-    r = result.astype(np.float64) / 255.0
-    i = original.astype(np.float64) / 255.0
-    return ((r * m + (1.0 - m) * i) * 255.0).astype(np.uint8)
+    with M = feathered/255 (ARCHITECTURE §10.4). M = 0 gives I back exactly (checked for all 256
+    values). Done in blocks of ``rows`` so a 50 MP region does not need gigabytes of float64."""
+    out = np.empty_like(original)
+    for y in range(0, original.shape[0], rows):
+        sl = slice(y, y + rows)
+        m = (feathered[sl].astype(np.float64) / 255.0)[..., None]
+        r = result[sl].astype(np.float64) / 255.0
+        i = original[sl].astype(np.float64) / 255.0
+        out[sl] = ((r * m + (1.0 - m) * i) * 255.0).astype(np.uint8)
+    return out
 
 
 def paste_radius(crop_box: Box, native: int) -> tuple:

@@ -125,6 +125,7 @@ def test_paste_back_reproduces_the_official_output():
     assert np.array_equal(feathered, d["mask_blurred_u8"][..., 0])
     out = crop.blend(d["output_nopaste_u8"], d["image_u8"], feathered)
     assert np.array_equal(out, d["output_u8"])
+    assert np.array_equal(crop.blend(d["output_nopaste_u8"], d["image_u8"], feathered, rows=7), out)
 
 
 def test_blend_is_exact_outside_and_inside_the_mask():

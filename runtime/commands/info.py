@@ -2,7 +2,6 @@
 folder's graphs, precisions and provenance (read from the manifests; no session is created)."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -14,8 +13,10 @@ DEFAULT_MODELS = "models"
 
 
 def register(sub):
+    from moebius_edge.commands.run import HelpFormatter
+
     p = sub.add_parser("info", help="show the runtime, execution providers and an exported models folder",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("--models", default=None, metavar="DIR",
                    help=f"models folder to describe [default: ./{DEFAULT_MODELS} if it exists]")
     p.add_argument("--json", action="store_true", help="machine-readable output")

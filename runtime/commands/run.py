@@ -25,12 +25,21 @@ log = logging.getLogger(__name__)
 DEFAULT_MODELS = "models"
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except for flags and options whose absence is the default."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def register(sub):
     p = sub.add_parser(
         "run", help="inpaint a photo (or a folder of photos) where a mask is painted",
         description="Fill the masked part of a photo with the Moebius model on ONNX Runtime. The photo "
         "keeps its size, orientation and metadata; only the hole changes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("image", metavar="IMAGE", help="photo (JPEG/PNG/WebP/TIFF), or a folder of photos")
     p.add_argument("mask", metavar="MASK", nargs="?",
                    help="mask painted over the photo as displayed: white (≥ 128) = fill")
