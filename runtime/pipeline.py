@@ -118,13 +118,17 @@ class Inpainter:
         self.last_run = RunInfo()
 
     @classmethod
-    def from_models(cls, models_dir, precision: str = "fp32", providers: str = "auto", *, threads: int = 0,
+    def from_models(cls, models_dir, precision: str = "fp32", providers="auto", *, threads: int = 0,
                     low_memory: bool = False, verify: bool = True, keep_sessions: bool = False) -> "Inpainter":
-        """Open and check a models folder. ``providers`` is a ``session.PROVIDER_CHOICES`` entry.
-        ``verify`` checks every graph's SHA-256 against the manifest first (reads each file once)."""
+        """Open and check a models folder. ``providers``: a ``session.PROVIDER_CHOICES`` entry
+        ("auto", "cpu", "cuda", ...) or a list of provider names in order of preference; CPU is
+        always the last resort. ``verify`` checks every graph's SHA-256 against the manifest first
+        (reads each file once)."""
         models = open_models(models_dir, precision)
         if verify:
             models.verify()
+        if isinstance(providers, list):
+            providers = tuple(providers)  # SessionConfig is frozen and hashable
         config = SessionConfig(provider=providers, threads=threads, low_memory=low_memory)
         return cls(models, config, keep_sessions=keep_sessions)
 

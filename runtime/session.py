@@ -53,8 +53,25 @@ def available_providers() -> list:
     return list(ort.get_available_providers())
 
 
-def resolve_providers(choice: str = "auto") -> list:
-    """The execution-provider chain for a ``--provider`` choice, always ending in CPU."""
+def resolve_providers(choice="auto") -> list:
+    """The execution-provider chain for a ``--provider`` choice, always ending in CPU.
+
+    ``choice`` is a ``PROVIDER_CHOICES`` entry or an explicit list, in order of preference, of
+    short names ("cuda") or ONNX Runtime names ("CUDAExecutionProvider"); unavailable ones are
+    skipped with a warning."""
+    if isinstance(choice, (list, tuple)):
+        available = available_providers()
+        chain = []
+        for c in choice:
+            name = PROVIDERS.get(c, c)
+            if name == PROVIDERS["cpu"] or name in chain:
+                continue
+            if name in available:
+                chain.append(name)
+            else:
+                log.warning("%s is not available in this onnxruntime build (it has %s); skipping it",
+                            name, ", ".join(available))
+        return [*chain, PROVIDERS["cpu"]]
     if choice not in PROVIDER_CHOICES:
         raise UserError(f"unknown provider {choice!r}; choose one of {', '.join(PROVIDER_CHOICES)}")
     available = available_providers()
@@ -76,7 +93,7 @@ def resolve_providers(choice: str = "auto") -> list:
 class SessionConfig:
     """How sessions are created (one config for all graphs)."""
 
-    provider: str = "auto"  # a PROVIDER_CHOICES entry
+    provider: str | tuple = "auto"  # a PROVIDER_CHOICES entry, or a tuple of provider names in order
     threads: int = 0  # intra-op threads; 0 lets ONNX Runtime choose (one per physical core)
     low_memory: bool = False  # no CPU memory arena and no memory-pattern planning: slower, smaller
 

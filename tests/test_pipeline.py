@@ -189,7 +189,8 @@ def test_inputs_are_checked_against_the_session(inpainter):
 
 
 def test_low_memory_and_threads(tiny_models_dir, golden):
-    inp = Inpainter.from_models(tiny_models_dir, providers="cpu", threads=1, low_memory=True, verify=False)
+    inp = Inpainter.from_models(tiny_models_dir, providers=["CPUExecutionProvider"], threads=1, low_memory=True,
+                                verify=False)
     out = inp.inpaint(golden["image_u8"], golden["mask_u8"], noise=golden, steps=20)
     assert np.abs(out.astype(int) - golden["output_u8"]).max() <= 1
 
@@ -205,6 +206,11 @@ def test_provider_fallback(caplog):
         assert "falling back to CPU" in caplog.text
     with pytest.raises(UserError, match="unknown provider"):
         resolve_providers("tpu")
+    assert resolve_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="moebius_edge"):
+        assert resolve_providers(["NoSuchExecutionProvider", "cpu"]) == ["CPUExecutionProvider"]
+    assert "skipping" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------
