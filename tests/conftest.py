@@ -1,4 +1,5 @@
 """Shared fixtures: exported tiny models (the golden weights, so pipeline_case.npz applies)."""
+import numpy as np
 import pytest
 
 from .goldens import DATA, load_golden_model, load_tiny_vae
@@ -18,3 +19,10 @@ def tiny_models_dir(tmp_path_factory):
     export_models(load_golden_model(1), vae, scaling_factor, out,
                   provenance="checkpoint:tiny_weights.safetensors")
     return out
+
+
+@pytest.fixture(scope="session")
+def golden():
+    """Every array of the official end-to-end golden, pipeline_case.npz."""
+    with np.load(DATA / "pipeline_case.npz") as d:
+        return {k: d[k] for k in d.files}

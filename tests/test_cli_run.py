@@ -28,12 +28,6 @@ def _restore_logging():
     log.handlers[:], log.level, log.propagate = saved
 
 
-@pytest.fixture(scope="module")
-def golden():
-    with np.load(DATA / "pipeline_case.npz") as d:
-        return {k: d[k] for k in d.files}
-
-
 def _photo(h, w, seed=0):
     y, x = np.mgrid[0:h, 0:w].astype(np.float64)
     img = np.stack([128 + 90 * np.sin(x / 17.0), 60 + 150 * y / h, 200 - 120 * x / w], -1)

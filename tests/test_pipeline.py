@@ -25,12 +25,6 @@ def inpainter(tiny_models_dir):
     return Inpainter.from_models(tiny_models_dir, providers="cpu")
 
 
-@pytest.fixture(scope="module")
-def golden():
-    with np.load(DATA / "pipeline_case.npz") as d:
-        return {k: d[k] for k in d.files}
-
-
 def _photo(h, w, seed=0):
     """A smooth synthetic photo with some texture."""
     y, x = np.mgrid[0:h, 0:w].astype(np.float64)
