@@ -338,3 +338,15 @@ def test_info(tiny_models_dir, capsys, tmp_path, monkeypatch):
     assert cli.main(["info"]) == 0
     assert "models: none" in capsys.readouterr().out
     assert cli.main(["info", "--models", str(tmp_path / "nope")]) == 2
+
+
+def test_info_warns_when_two_onnxruntime_builds_are_installed(tiny_models_dir, capsys, monkeypatch):
+    from moebius_edge.commands import info
+
+    monkeypatch.setattr(info, "installed_ort_distributions", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    assert cli.main(["info", "--models", str(tiny_models_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "onnxruntime and onnxruntime-gpu" in err and "keep one" in err
+    monkeypatch.setattr(info, "installed_ort_distributions", lambda: ["onnxruntime"])
+    assert cli.main(["info", "--models", str(tiny_models_dir)]) == 0
+    assert "keep one" not in capsys.readouterr().err

@@ -3,11 +3,14 @@ folder's graphs, precisions and provenance (read from the manifests; no session 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
 from moebius_edge import __version__, contract
 from moebius_edge.errors import UserError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODELS = "models"
 
@@ -50,14 +53,38 @@ def _variant(root: Path, precision: str) -> dict:
     }
 
 
+# Distributions that all install the one `onnxruntime` module; two of them overwrite each other's
+# files and leave an install that may load either build.
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
+                     "onnxruntime-qnn")
+
+
+def installed_ort_distributions() -> list:
+    from importlib import metadata
+
+    found = []
+    for name in ORT_DISTRIBUTIONS:
+        try:
+            metadata.distribution(name)
+            found.append(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
 def describe(models) -> dict:
     import onnxruntime as ort
 
     from moebius_edge.session import exported_precisions
 
+    dists = installed_ort_distributions()
     out = {"moebius_edge": __version__, "contract_version": contract.CONTRACT_VERSION,
-           "onnxruntime": ort.__version__, "providers": list(ort.get_available_providers()),
-           "models": None}
+           "onnxruntime": ort.__version__, "onnxruntime_distributions": dists,
+           "providers": list(ort.get_available_providers()), "models": None}
+    if len(dists) > 1:
+        log.warning("both %s are installed: they share the onnxruntime module and overwrite each other; "
+                    "keep one (`pip uninstall %s`, then reinstall the one you want)",
+                    " and ".join(dists), " ".join(dists))
     explicit = models is not None
     root = Path(models if explicit else DEFAULT_MODELS)
     if not root.is_dir():

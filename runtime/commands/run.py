@@ -199,8 +199,6 @@ class _Runner:
                                     icc_profile=photo.icc_profile, quality=a.quality)
             record.update(copied=True, seconds={"total": time.perf_counter() - t0})
             return record
-        if hole.all():
-            log.warning("mask %s covers the whole image: nothing of the photo is kept", mask_path)
         read_s = time.perf_counter() - t0
         inp = self.inpainter
         bar = _Progress(step_bar and not a.no_progress and sys.stderr.isatty(), image_path.name)
