@@ -23,9 +23,13 @@ export:
 quantize:
 	$(PY) -m moebius_edge.cli quantize --models $(MODELS)
 
+BENCH_MODELS ?= out/bench-models
+
+# Full-size (512x512) random-init export, then the runtime and the UNet step on it. ~15 min on 2 cores.
 bench:
-	$(PY) benchmarks/export_full.py
-	$(PY) benchmarks/runtime.py
+	$(PY) benchmarks/export_full.py --out $(BENCH_MODELS)
+	$(PY) benchmarks/unet_step.py --models $(BENCH_MODELS)
+	$(PY) benchmarks/runtime.py --models $(BENCH_MODELS)
 
 demo:
 	$(PY) benchmarks/demo.py
