@@ -12,7 +12,6 @@ state dicts; the tiny test weights and diffusers VAEs are safetensors. Both are 
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
 import re
@@ -35,8 +34,6 @@ log = logging.getLogger(__name__)
 # UnpicklingError, KeyError/IndexError on a garbled opcode) or a legacy-format record (struct).
 _CORRUPT_ERRORS = (RuntimeError, EOFError, KeyError, IndexError, ValueError, TypeError, AttributeError,
                    UnicodeDecodeError, struct.error, zipfile.BadZipFile, pickle.UnpicklingError)
-_HASH_CHUNK = 1 << 20
-_HASH_PROGRESS_MIN_BYTES = 64 << 20  # a progress bar only where hashing takes noticeable time
 
 
 def _first_line(text, limit: int = 160) -> str:
@@ -171,16 +168,3 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def file_sha256(path, progress: bool = False) -> str:
-    """Hex SHA-256 of a file, read in chunks (the official checkpoints are ~0.9 GB)."""
-    from tqdm.auto import tqdm
-
-    path = Path(path)
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {path.name}",
-                                     disable=not progress or size < _HASH_PROGRESS_MIN_BYTES) as bar:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-            bar.update(len(chunk))
-    return h.hexdigest()

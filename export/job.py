@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 def run_export(out_dir, *, unet_config="moebius", unet_weights=None, vae_dir=None, variant=None,
                random_init=False, seed=0, image_size=None, static_batch=False, local_files_only=False,
                cache_dir=None) -> dict:
-    from moebius_edge.export.checkpoint import file_sha256, load_removal_model
+    from moebius_edge.export.checkpoint import load_removal_model
+    from moebius_edge.session import sha256_file
     from moebius_edge.export.vae import build_random_vae, load_vae
 
     cfg = get_config(unet_config)
@@ -56,7 +57,7 @@ def run_export(out_dir, *, unet_config="moebius", unet_weights=None, vae_dir=Non
             model = perturb_for_testing_(build_removal_model(cfg), seed)
             vae, scaling_factor = load_vae(vae_dir) if vae_dir else build_random_vae(seed)
         else:
-            weights_sha256 = file_sha256(unet_weights)
+            weights_sha256 = sha256_file(unet_weights)
             model = load_removal_model(cfg, unet_weights)
             vae, scaling_factor = load_vae(vae_dir)
     log.info("exporting %s (latent %d×%d, %s batch) to %s", provenance, cfg.latent_size, cfg.latent_size,

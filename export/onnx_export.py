@@ -27,9 +27,9 @@ from torch import nn
 
 from moebius_edge import __version__, contract
 from moebius_edge.errors import UserError
-from moebius_edge.export.checkpoint import file_sha256
 from moebius_edge.export.config import MoebiusConfig
 from moebius_edge.export.model import RemovalModel, fold_batchnorm
+from moebius_edge.session import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,7 @@ def export_models(model: RemovalModel, vae, scaling_factor: float, out_dir, *, p
                           if p.key == contract.META_PARITY)
             manifest[contract.manifest_key(contract.META_PARITY)][graph.key] = json.loads(parity)
             manifest[contract.MANIFEST_GRAPHS][graph.key] = {
-                "file": graph.file, "sha256": file_sha256(path), "bytes": path.stat().st_size}
+                "file": graph.file, "sha256": sha256_file(path), "bytes": path.stat().st_size}
         (staging / contract.MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
         for graph in contract.GRAPHS:
             os.replace(staging / graph.file, out_dir / graph.file)

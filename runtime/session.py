@@ -102,11 +102,19 @@ class SessionConfig:
 # Models folder and manifest
 
 
-def sha256_file(path, chunk: int = 1 << 22) -> str:
+def sha256_file(path, progress: bool = False) -> str:
+    """Hex SHA-256 of a file, streamed (graphs and checkpoints are ~1 GB); a progress bar where
+    hashing takes noticeable time and ``progress`` is asked for."""
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    size = path.stat().st_size
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
+    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {path.name}",
+                                     disable=not progress or size < (64 << 20)) as bar:
+        while block := f.read(1 << 22):
             h.update(block)
+            bar.update(len(block))
     return h.hexdigest()
 
 

@@ -20,8 +20,9 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from moebius_edge.errors import UserError  # noqa: E402
 from moebius_edge.export.checkpoint import (  # noqa: E402
-    count_parameters, file_sha256, load_removal_model, load_state_dict_file)
+    count_parameters, load_removal_model, load_state_dict_file)
 from moebius_edge.export.config import PRESETS  # noqa: E402
+from moebius_edge.session import sha256_file  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 TINY = DATA / "tiny_weights.safetensors"
@@ -224,8 +225,8 @@ def test_cli_success_prints_parameters_and_sha256(tmp_path, tiny_sd):
     assert f"sha256:     {hashlib.sha256(path.read_bytes()).hexdigest()}" in pt.stdout
 
 
-def test_file_sha256_streams():
-    assert file_sha256(TINY) == TINY_SHA256
+def test_sha256_file_streams():
+    assert sha256_file(TINY) == TINY_SHA256
 
 
 def test_missing_torch_names_the_extra(monkeypatch, capsys):

@@ -13,7 +13,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from moebius_edge import contract  # noqa: E402
 from moebius_edge.export import onnx_export  # noqa: E402
-from moebius_edge.export.checkpoint import file_sha256  # noqa: E402
+from moebius_edge.session import sha256_file  # noqa: E402
 from moebius_edge.export.onnx_export import ParityError, export_models, export_unet  # noqa: E402
 
 from .goldens import DATA, load_golden_model, load_tiny_vae  # noqa: E402
@@ -133,7 +133,7 @@ def test_metadata_and_manifest_round_trip(tiny_models_dir):
     for graph in contract.GRAPHS:
         entry = manifest[contract.MANIFEST_GRAPHS][graph.key]
         path = tiny_models_dir / entry["file"]
-        assert entry["sha256"] == file_sha256(path)
+        assert entry["sha256"] == sha256_file(path)
         assert entry["bytes"] == path.stat().st_size
         assert manifest["parity"][graph.key]["rel_l2"] <= contract.PARITY_REL_L2
         # The runtime reads metadata without the onnx package: through ORT.
@@ -243,7 +243,7 @@ def test_cli_export_variant_from_the_hub_cache(tmp_path):
     assert r.returncode == 0, r.stderr
     manifest = json.loads((out / contract.MANIFEST_FILE).read_text())
     assert manifest["provenance"] == "official:pretrained"
-    assert manifest["weights_sha256"] == file_sha256(bin_path)
+    assert manifest["weights_sha256"] == sha256_file(bin_path)
     # Same weights as the golden fixture, so the same UNet numbers.
     assert _golden_rows_through_guided_unet(_session(out / contract.UNET.file), 1) <= contract.GOLDEN_MAX_ABS
 

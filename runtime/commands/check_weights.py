@@ -13,7 +13,8 @@ from moebius_edge.errors import UserError
 def _check_weights(args):
     require("torch", "export")
     require("safetensors", "export")
-    from moebius_edge.export.checkpoint import count_parameters, file_sha256, load_removal_model
+    from moebius_edge.export.checkpoint import count_parameters, load_removal_model
+    from moebius_edge.session import sha256_file
     from moebius_edge.export.config import PRESETS, get_config
 
     if args.config not in PRESETS and not Path(args.config).is_file():
@@ -25,7 +26,7 @@ def _check_weights(args):
     print(f"config:     {args.config} (image {cfg.image_size}, latent {cfg.latent_size})")
     print(f"tensors:    {tensors} (all loaded strictly)")
     print(f"parameters: {count_parameters(model):,}")
-    print(f"sha256:     {file_sha256(args.file, progress=True)}")
+    print(f"sha256:     {sha256_file(args.file, progress=True)}")
     return 0
 
 
