@@ -36,15 +36,19 @@ CONFIG_FILE = "config.json"
 # diffusers' own preference order when both are present.
 WEIGHTS_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 PACKAGED_CONFIG = "sdxl_vae_config.json"
+# Packaged layouts for random-init runs: "sdxl" (the full-size best guess) and "tiny" (the reference
+# tiny VAE's layout, paired with the `tiny` UNet preset so toolchain runs stay small and fast).
+PACKAGED_CONFIGS = {"sdxl": PACKAGED_CONFIG, "tiny": "tiny_vae_config.json"}
 
 # Checkpoints saved before diffusers 0.14 name the mid-block attention projections differently;
 # diffusers' from_pretrained renames them, so a strict copy of such a release must too.
 _LEGACY_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
-def packaged_vae_config() -> dict:
-    """The packaged SDXL-layout config (see the module docstring: an unverified best guess)."""
-    text = resources.files("moebius_edge.export").joinpath("data", PACKAGED_CONFIG).read_text()
+def packaged_vae_config(name: str = "sdxl") -> dict:
+    """A packaged config: "sdxl" (default; see the module docstring: an unverified best guess)
+    or "tiny"."""
+    text = resources.files("moebius_edge.export").joinpath("data", PACKAGED_CONFIGS[name]).read_text()
     return json.loads(text)
 
 

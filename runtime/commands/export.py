@@ -37,7 +37,8 @@ def register(sub):
     src.add_argument("--random-init", action="store_true", help="random weights, for toolchain checks")
     p.add_argument("--unet-config", default="moebius", metavar="CFG",
                    help="model config: preset name or official moebius.yaml / JSON")
-    p.add_argument("--vae", metavar="DIR", help="diffusers-format VAE folder (config.json + weights)")
+    p.add_argument("--vae", metavar="DIR", help="diffusers-format VAE folder (config.json + weights); "
+                   "--random-init without it builds a random VAE (SDXL layout, tiny layout for --preset tiny)")
     p.add_argument("--preset", default="moebius", choices=("moebius", "tiny"), help="model preset for --random-init")
     p.add_argument("--seed", type=int, default=0, help="seed for --random-init")
     p.add_argument("--image-size", type=int, default=None,
