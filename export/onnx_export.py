@@ -97,7 +97,8 @@ class GuidedUNet(nn.Module):
 
     def forward(self, latent, mask, masked_latent, timestep, guidance_scale):
         b = latent.shape[0]
-        x = torch.cat([latent, mask, masked_latent], dim=1)  # (B, 9, h, w), contract channel order
+        parts = {"latent": latent, "mask": mask, "masked_latent": masked_latent}
+        x = torch.cat([parts[name] for name, _, _ in contract.UNET_INPUT_CHANNELS], dim=1)  # (B, 9, h, w)
         x2 = torch.cat([x, x], dim=0)  # rows 0..B-1 uncond, B..2B-1 cond
         t2 = torch.cat([timestep, timestep], dim=0)
         lambdas = []
@@ -147,7 +148,8 @@ class VaeDecoder(nn.Module):
 def reference_guided_eps(model: RemovalModel, latent, mask, masked_latent, timestep, g: float) -> np.ndarray:
     """The official forward with ids, CFG applied outside (ARCHITECTURE §10.3)."""
     b = latent.shape[0]
-    x = torch.from_numpy(np.concatenate([latent, mask, masked_latent], axis=1))
+    parts = {"latent": latent, "mask": mask, "masked_latent": masked_latent}
+    x = torch.from_numpy(np.concatenate([parts[name] for name, _, _ in contract.UNET_INPUT_CHANNELS], axis=1))
     ids = torch.tensor([contract.UNCOND_IDS] * b + [contract.COND_IDS] * b, dtype=torch.int64)
     t = torch.from_numpy(np.concatenate([timestep, timestep]))
     with torch.no_grad():

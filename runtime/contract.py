@@ -134,7 +134,6 @@ VAE_DECODER = GraphSpec(
 )
 
 GRAPHS = (UNET, VAE_ENCODER, VAE_DECODER)
-GRAPHS_BY_KEY = {g.key: g for g in GRAPHS}
 
 # ---------------------------------------------------------------------------------------------
 # Models folder layout: fp32 graphs and manifest at the top; quantized variants in sub-folders
