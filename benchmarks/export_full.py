@@ -15,6 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from moebius_edge import contract
+from moebius_edge.models import open_models
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -36,7 +39,7 @@ def main():
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         if proc.returncode != 0:
             sys.exit(f"export failed:\n{proc.stderr}")
-        manifest = json.loads((out / "manifest.json").read_text())
+        manifest = open_models(out)
 
     stages = [(m[1], float(m[2]), float(m[3])) for m in
               re.finditer(r"^(.+?) done in ([\d.]+) s \(peak RSS so far (\d+) MB\)", proc.stderr, re.M)]
@@ -46,11 +49,13 @@ def main():
         print(f"| {name} | {sec:.1f} | {rss:.0f} |")
     print(f"| **total (wall)** | **{wall:.1f}** | **{peak_mb:.0f}** |\n")
     print("| graph | MiB | parity rel-L2 vs PyTorch |\n|---|---|---|")
-    for key, g in manifest["graphs"].items():
-        print(f"| {g['file']} | {g['bytes'] / 2**20:.1f} | {manifest['parity'][key]['rel_l2']:.2e} |")
-    result = {"preset": args.preset, "image_size": args.image_size, "wall_s": wall, "peak_rss_mb": peak_mb,
+    parity = manifest.get(contract.META_PARITY)
+    for spec in contract.GRAPHS:
+        g = manifest.entry(spec)
+        print(f"| {g[contract.GRAPH_FILE]} | {g[contract.GRAPH_BYTES] / 2**20:.1f} | {parity[spec.key]['rel_l2']:.2e} |")
+    result = {"preset": args.preset, "image_side": args.image_size, "wall_s": wall, "peak_rss_mb": peak_mb,
               "stages": [{"stage": n, "seconds": s, "peak_rss_mb_so_far": r} for n, s, r in stages],
-              "graphs": manifest["graphs"], "parity": manifest["parity"]}
+              contract.MANIFEST_GRAPHS: manifest.manifest[contract.MANIFEST_GRAPHS], "parity_by_graph": parity}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {args.json}")

@@ -26,6 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from moebius_edge import contract
+from moebius_edge.models import open_models
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("default", "low-memory", "keep")
 
@@ -76,7 +79,7 @@ def _export(out: Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="models", help="models folder (exported when missing)")
+    ap.add_argument("--models", default=contract.DEFAULT_MODELS_DIR, help="models folder (exported when missing)")
     ap.add_argument("--configs", default=",".join(CONFIGS[:2]), help=f"comma-separated, from {CONFIGS}")
     ap.add_argument("--steps", type=int, default=20, help="DDIM steps (strength 0.99 runs one fewer)")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's choice)")
@@ -92,7 +95,7 @@ def main(argv=None) -> int:
         ap.error(f"unknown configs {sorted(unknown)}")
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(args.models)
-        if not (models / "manifest.json").is_file():
+        if not (models / contract.MANIFEST_FILE).is_file():
             models = Path(tmp) / "models"
             _export(models)
         rows = []
@@ -104,7 +107,7 @@ def main(argv=None) -> int:
             if proc.returncode:
                 sys.exit(f"{c} failed:\n{proc.stderr}")
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        manifest = json.loads((models / "manifest.json").read_text())
+        manifest = open_models(models)
 
     import onnxruntime as ort
 
@@ -120,8 +123,8 @@ def main(argv=None) -> int:
               f"{s['unet_load']:>9.2f} {r['unet_step_s']:>8.2f} {s['decode']:>7.2f} {s['total']:>8.1f} "
               f"{r['peak_rss_mb']:>7.0f} MB")
     result = {"benchmark": "runtime_512", "onnxruntime": ort.__version__, "python": platform.python_version(),
-              "machine": platform.machine(), "provenance": manifest.get("provenance"),
-              "graph_bytes": {k: g["bytes"] for k, g in manifest["graphs"].items()}, "runs": rows}
+              "machine": platform.machine(), "provenance": manifest.provenance,
+              "graph_bytes": {s.key: manifest.entry(s)[contract.GRAPH_BYTES] for s in contract.GRAPHS}, "runs": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {args.json}")

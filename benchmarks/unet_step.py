@@ -17,8 +17,10 @@ import onnxruntime as ort
 import torch
 
 from moebius_edge import contract
+from moebius_edge.models import open_models
 from moebius_edge.export.config import MoebiusConfig
-from moebius_edge.export.model import build_removal_model, perturb_for_testing_
+from moebius_edge.export.model import build_removal_model
+from moebius_edge.export.transforms import perturb_for_testing_
 from moebius_edge.export.onnx_export import reference_guided_eps, rel_l2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,11 +43,11 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--json", default=str(ROOT / "benchmarks/results/unet_step.json"))
     args = ap.parse_args()
-    manifest = json.loads((Path(args.models) / contract.MANIFEST_FILE).read_text())
-    kind, _, seed = manifest["provenance"].partition(":")
-    if kind != "random-init":
+    models = open_models(args.models)
+    if not models.provenance.startswith(contract.PROVENANCE_RANDOM_INIT):
         raise SystemExit("needs a --random-init export (the PyTorch side is rebuilt from its seed)")
-    cfg = MoebiusConfig.from_dict(manifest["model_config"])
+    seed = models.provenance[len(contract.PROVENANCE_RANDOM_INIT):]
+    cfg = MoebiusConfig.from_dict(models.get(contract.META_MODEL_CONFIG))
     torch.manual_seed(int(seed))
     model = perturb_for_testing_(build_removal_model(cfg), int(seed))
 
@@ -57,8 +59,7 @@ def main():
     ts = np.array([500], np.int64)
     g = contract.DEFAULT_GUIDANCE
     sess = ort.InferenceSession(str(Path(args.models) / contract.UNET.file), providers=["CPUExecutionProvider"])
-    feeds = {"latent": latent, "mask": mask, "masked_latent": masked, "timestep": ts,
-             "guidance_scale": np.array([g], np.float32)}
+    feeds = dict(zip(contract.UNET.input_names, (latent, mask, masked, ts, np.array([g], np.float32))))
     rows = {}
     with torch.inference_mode():
         rows["PyTorch eager (RemovalModel + CFG outside)"] = timed(
@@ -72,7 +73,7 @@ def main():
         print(f"| {name} | {med:.3f} | {', '.join(f'{t:.3f}' for t in times)} |")
     print(f"\nONNX Runtime / PyTorch time ratio: {t_ort / t_torch:.2f}; relative L2 difference {rel_l2(out, ref):.2e}")
     Path(args.json).write_text(json.dumps({
-        "latent": h, "image_size": cfg.image_size, "torch": torch.__version__, "onnxruntime": ort.__version__,
+        "latent_side": h, "image_side": cfg.image_size, "torch": torch.__version__, "onnxruntime": ort.__version__,
         "rows": {k: {"median_s": v[0], "times_s": v[1]} for k, v in rows.items()},
         "ort_over_torch": t_ort / t_torch, "rel_l2": rel_l2(out, ref)}, indent=1) + "\n")
 

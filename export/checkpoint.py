@@ -1,4 +1,4 @@
-"""Strict, safe loading of weight files into the PyTorch models (ARCHITECTURE §1, §7).
+"""Strict, safe loading of weight files into the PyTorch models (docs/model.md §1, §7).
 
 The official Moebius checkpoints (``<variant>/diffusion_pytorch_model.bin``) are plain pickled
 state dicts; the tiny test weights and diffusers VAEs are safetensors. Both are read here:
@@ -6,7 +6,7 @@ state dicts; the tiny test weights and diffusers VAEs are safetensors. Both are 
 * pickles only through ``torch.load(weights_only=True)``, PyTorch's restricted unpickler, so a
   file that smuggles in any other object is refused before that object is built;
 * tensors only: a file holding anything but a flat ``{str: Tensor}`` mapping is refused;
-* floating tensors are cast to float32 (§7: a bf16- or fp16-saved file loads the same way);
+* floating tensors are cast to float32 (docs/model.md §7: a bf16- or fp16-saved file loads the same way);
 * keys and shapes are compared by us before ``load_state_dict(strict=True)``, so that every
   mismatch becomes one line naming the file and the first offending key (a ``UserError``).
 """
@@ -153,7 +153,7 @@ def check_state_dict(model: nn.Module, sd: dict, source: str) -> None:
 def load_removal_model(cfg: MoebiusConfig, path) -> RemovalModel:
     """The official ``RemovalModel`` for ``cfg`` with the weights of ``path``, in eval mode.
 
-    Loading is strict (§7): every key of the file is a key of the model with the same shape, and
+    Loading is strict (docs/model.md §7): every key of the file is a key of the model with the same shape, and
     the other way round; any difference is a one-line ``UserError``."""
     sd = load_state_dict_file(path)
     model = build_removal_model(cfg)

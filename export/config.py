@@ -1,4 +1,4 @@
-"""Model configuration of the Moebius student UNet (ARCHITECTURE §8).
+"""Model configuration of the Moebius student UNet (docs/model.md §2).
 
 ``MoebiusConfig`` is built from the official config schema (``config/model_cfg/moebius.yaml``:
 ``data``, ``vae`` and ``model`` sections), given as YAML or as the same values in JSON. The
@@ -21,7 +21,7 @@ _MODEL_TYPE = "UNet2DLambdaDWConvMixFFNConditionModel_prune_down_mid_up_block_8x
 class MoebiusConfig:
     # data.image_size: the square image side the weights are built for. It fixes the latent side
     # (image_size / vae_downsample_ratio) and with it the n² rows of every cross-λ rel_pos_emb:
-    # the official weights run at 512×512 only (§9).
+    # the official weights run at 512×512 only (docs/model.md §8).
     image_size: int = 512
     # vae.downsample_ratio: pixels per latent cell (kl-f8 VAE).
     vae_downsample_ratio: int = 8
@@ -174,7 +174,7 @@ class MoebiusConfig:
 PRESETS = {
     # The official config/model_cfg/moebius.yaml.
     "moebius": MoebiusConfig(),
-    # shared/reference/tiny_config.json: the reduced model of the golden vectors.
+    # tests/data/tiny_config.json: the reduced model of the golden vectors.
     "tiny": MoebiusConfig(image_size=128, cross_attention_dim=32, encoder_hid_dim=64, block_out_channels=(32, 64, 64)),
 }
 

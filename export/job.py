@@ -14,8 +14,9 @@ import torch
 
 from moebius_edge.errors import UserError
 from moebius_edge.export.config import get_config
-from moebius_edge.export.model import build_removal_model, perturb_for_testing_
-from moebius_edge.export.onnx_export import _stage, export_models
+from moebius_edge.export.model import build_removal_model
+from moebius_edge.export.onnx_export import export_models, stage
+from moebius_edge.export.transforms import perturb_for_testing_
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def run_export(out_dir, *, unet_config="moebius", unet_weights=None, vae_dir=Non
                random_init=False, seed=0, image_size=None, static_batch=False, local_files_only=False,
                cache_dir=None) -> dict:
     from moebius_edge.export.checkpoint import load_removal_model
-    from moebius_edge.session import sha256_file
+    from moebius_edge.models import sha256_file
     from moebius_edge.export.vae import build_random_vae, load_vae, packaged_vae_config
 
     cfg = get_config(unet_config)
@@ -39,7 +40,7 @@ def run_export(out_dir, *, unet_config="moebius", unet_weights=None, vae_dir=Non
             raise UserError("--variant takes the official files; do not combine it with --unet-weights, --vae or --random-init")
         from moebius_edge.export.hub import resolve_official
 
-        with _stage(f"resolve official {variant} weights"):
+        with stage(f"resolve official {variant} weights"):
             unet_weights, vae_dir = resolve_official(variant, cache_dir=cache_dir, local_files_only=local_files_only)
         provenance = f"official:{variant}"
     elif random_init:
@@ -51,7 +52,7 @@ def run_export(out_dir, *, unet_config="moebius", unet_weights=None, vae_dir=Non
             raise UserError("give --variant, or --unet-weights FILE with --vae DIR, or --random-init")
         provenance = f"checkpoint:{Path(unet_weights).name}"
 
-    with _stage("load weights"):
+    with stage("load weights"):
         if random_init:
             torch.manual_seed(seed)
             model = perturb_for_testing_(build_removal_model(cfg), seed)

@@ -1,9 +1,9 @@
-"""The Moebius student UNet in plain PyTorch (ARCHITECTURE §4–§7).
+"""The Moebius student UNet in plain PyTorch (docs/model.md §4–§7; bare § below are its sections).
 
 Attribute names and registration order *are* the official checkpoint keys
-(``shared/reference/moebius_state_dict.json``), so loading is a strict key-for-key copy.
+(``tests/data/moebius_state_dict.json``), so loading is a strict key-for-key copy.
 The arithmetic is the official one; only the evaluation order is chosen for export
-(ARCHITECTURE §12), each choice exact in real arithmetic:
+(docs/model.md §10.1), each choice exact in real arithmetic:
 
 * every λ einsum is a batched MatMul;
 * the self-λ Conv3d(1→K, 1×15×15) runs as a Conv2d(1→K, 15×15) on the values viewed as
@@ -398,42 +398,3 @@ def build_removal_model(cfg: MoebiusConfig) -> RemovalModel:
             if mod.bias is not None:
                 nn.init.zeros_(mod.bias)
     return model.eval()
-
-
-def perturb_for_testing_(model: nn.Module, seed: int) -> nn.Module:
-    """Give a random-init model non-trivial BatchNorm statistics and norm affines, as the official
-    golden weights have (shared/reference/README), so that eval-mode BatchNorm folding and every
-    affine norm are really exercised by parity checks."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                for t, (scale, shift) in ((mod.weight, (0.1, 1.0)), (mod.bias, (0.1, 0.0)), (mod.running_mean, (0.1, 0.0))):
-                    t.copy_(torch.randn(t.shape, generator=g) * scale + shift)
-                mod.running_var.copy_(torch.rand(mod.running_var.shape, generator=g) + 0.5)
-            elif isinstance(mod, (nn.GroupNorm, nn.LayerNorm)):
-                mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) * 0.1 + 1.0)
-                mod.bias.copy_(torch.randn(mod.bias.shape, generator=g) * 0.1)
-            elif isinstance(mod, nn.Linear) and mod.bias is not None:
-                mod.bias.copy_(torch.randn(mod.bias.shape, generator=g) * 0.02)
-    return model
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold every eval BatchNorm into the linear map before it, in place (export only).
-
-    The folded model computes the same function but no longer has the official state-dict
-    layout (the BNs become Identity, the folded convs gain biases)."""
-    with torch.no_grad():
-        for mod in list(model.modules()):
-            for lin_name, bn_name in getattr(mod, "BN_FOLDS", ()):
-                lin, bn = getattr(mod, lin_name), getattr(mod, bn_name)
-                if isinstance(bn, nn.Identity):
-                    continue
-                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-                w = lin.weight * scale.reshape(-1, *([1] * (lin.weight.dim() - 1)))
-                b0 = lin.bias if lin.bias is not None else torch.zeros_like(bn.running_mean)
-                lin.weight = nn.Parameter(w)
-                lin.bias = nn.Parameter((b0 - bn.running_mean) * scale + bn.bias)
-                setattr(mod, bn_name, nn.Identity())
-    return model

@@ -3,10 +3,11 @@
 One function per graph (``export_unet``, ``export_vae_encoder``, ``export_vae_decoder``): each
 traces a wrapper that holds the graph's fixed arithmetic (contract.py says which), simplifies it
 with onnxsim, records provenance in ONNX metadata, runs ONNX Runtime against the *unfused*
-PyTorch reference on seeded inputs and raises ``ParityError`` beyond ``contract.PARITY_REL_L2``.
+PyTorch reference on seeded inputs and raises ``ParityError`` beyond ``PARITY_REL_L2``.
 Files are written under a temporary name and renamed; ``export_models`` stages all three graphs
 and the manifest in a private folder and moves them into place only when every gate passed, so
-an interrupted export never leaves a half-written model.
+an interrupted export never leaves a half-written model. A graph over protobuf's 2 GB limit
+keeps its weights in one ``<graph>.onnx.data`` sidecar, moved, hashed and listed with it.
 """
 from __future__ import annotations
 
@@ -25,15 +26,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from moebius_edge import __version__, contract
+from moebius_edge import __version__, contract, models
 from moebius_edge.errors import UserError
 from moebius_edge.export.config import MoebiusConfig
-from moebius_edge.export.model import RemovalModel, fold_batchnorm
-from moebius_edge.session import sha256_file
+from moebius_edge.export.model import RemovalModel
+from moebius_edge.export.transforms import fold_batchnorm
 
 log = logging.getLogger(__name__)
 
-META_ALPHAS_CUMPROD = contract.META_PREFIX + contract.MANIFEST_ALPHAS_CUMPROD
+# The TorchScript exporter (dynamo=False) at opset 17 reproduces the reference to 1.6e-6; the
+# dynamo exporter is not used.
+ONNX_OPSET = 17
+# Above this size a graph is written with external data (protobuf's 2 GB limit, with margin).
+EXTERNAL_DATA_THRESHOLD_BYTES = int(1.8e9)
+# Parity gate: relative L2 error of ONNX Runtime against the unfused PyTorch model (measured
+# ≤ 1.2e-5 at full size, benchmarks/results/export_full.json).
+PARITY_REL_L2 = 1e-4
+# The VAE posterior's log-variance clamp (diffusers DiagonalGaussianDistribution).
+LOGVAR_CLAMP = (-30.0, 20.0)
 
 
 class ParityError(UserError):
@@ -48,7 +58,8 @@ def peak_rss_mb() -> float:
 
 
 @contextmanager
-def _stage(what: str):
+def stage(what: str):
+    """Log a named step of the export with its time and the peak memory so far."""
     log.info("%s ...", what)
     t0 = time.perf_counter()
     yield
@@ -56,7 +67,7 @@ def _stage(what: str):
 
 
 def alphas_cumprod() -> np.ndarray:
-    """The DDIM ᾱ table exactly as torch computes it in float32 (scaled-linear β, §10.3).
+    """The DDIM ᾱ table exactly as torch computes it in float32 (scaled-linear β, docs/pipeline.md §5.1).
 
     A NumPy float64 recomputation differs in 976 of the 1000 entries (up to 3.6e-7), enough to
     move outputs by an LSB, so the runtime reads these values instead of recomputing them."""
@@ -97,7 +108,7 @@ class GuidedUNet(nn.Module):
 
     def forward(self, latent, mask, masked_latent, timestep, guidance_scale):
         b = latent.shape[0]
-        parts = {"latent": latent, "mask": mask, "masked_latent": masked_latent}
+        parts = dict(zip(contract.UNET.input_names, (latent, mask, masked_latent)))
         x = torch.cat([parts[name] for name, _, _ in contract.UNET_INPUT_CHANNELS], dim=1)  # (B, 9, h, w)
         x2 = torch.cat([x, x], dim=0)  # rows 0..B-1 uncond, B..2B-1 cond
         t2 = torch.cat([timestep, timestep], dim=0)
@@ -112,7 +123,7 @@ class GuidedUNet(nn.Module):
 
 
 class VaeEncoder(nn.Module):
-    """``image`` in [-1, 1] and ``noise`` → scaled posterior sample (§10.2). Zero noise: the mean."""
+    """``image`` in [-1, 1] and ``noise`` → scaled posterior sample (docs/pipeline.md §4.2). Zero noise: the mean."""
 
     def __init__(self, vae, scaling_factor: float):
         super().__init__()
@@ -124,12 +135,12 @@ class VaeEncoder(nn.Module):
         if self.quant_conv is not None:
             h = self.quant_conv(h)
         mean, logvar = h.chunk(2, dim=1)
-        logvar = logvar.clamp(*contract.LOGVAR_CLAMP)
+        logvar = logvar.clamp(*LOGVAR_CLAMP)
         return (mean + torch.exp(0.5 * logvar) * noise) * self.scaling_factor
 
 
 class VaeDecoder(nn.Module):
-    """Scaled latent → image in [0, 1]: ``clamp((decode(z / sf) + 1) / 2, 0, 1)`` (§10.4)."""
+    """Scaled latent → image in [0, 1]: ``clamp((decode(z / sf) + 1) / 2, 0, 1)`` (docs/pipeline.md §6.1)."""
 
     def __init__(self, vae, scaling_factor: float):
         super().__init__()
@@ -146,9 +157,9 @@ class VaeDecoder(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # References for the parity gates (deliberately not the wrappers above)
 def reference_guided_eps(model: RemovalModel, latent, mask, masked_latent, timestep, g: float) -> np.ndarray:
-    """The official forward with ids, CFG applied outside (ARCHITECTURE §10.3)."""
+    """The official forward with ids, CFG applied outside (docs/pipeline.md §5.5)."""
     b = latent.shape[0]
-    parts = {"latent": latent, "mask": mask, "masked_latent": masked_latent}
+    parts = dict(zip(contract.UNET.input_names, (latent, mask, masked_latent)))
     x = torch.from_numpy(np.concatenate([parts[name] for name, _, _ in contract.UNET_INPUT_CHANNELS], axis=1))
     ids = torch.tensor([contract.UNCOND_IDS] * b + [contract.COND_IDS] * b, dtype=torch.int64)
     t = torch.from_numpy(np.concatenate([timestep, timestep]))
@@ -177,14 +188,13 @@ def _unet_parity(path, model: RemovalModel, cfg: MoebiusConfig, batch: int) -> d
         latent = rng.standard_normal((batch, 4, h, h), dtype=np.float32)
         mask = (rng.random((batch, 1, h, h)) > 0.6).astype(np.float32)
         masked = rng.standard_normal((batch, 4, h, h), dtype=np.float32)
-        feeds = {"latent": latent, "mask": mask, "masked_latent": masked, "timestep": ts,
-                 "guidance_scale": np.array([g], dtype=np.float32)}
+        feeds = dict(zip(contract.UNET.input_names, (latent, mask, masked, ts, np.array([g], dtype=np.float32))))
         out = sess.run(contract.UNET.output_names, feeds)[0]
         ref = reference_guided_eps(model, latent, mask, masked, ts, g)
         err = rel_l2(out, ref)
         log.debug("unet parity t=%s g=%s: rel-L2 %.2e", ts.tolist(), g, err)
         worst = max(worst, err)
-    return {"rel_l2": worst, "tolerance": contract.PARITY_REL_L2, "reference": "torch RemovalModel, CFG outside",
+    return {"rel_l2": worst, "tolerance": PARITY_REL_L2, "reference": "torch RemovalModel, CFG outside",
             "cases": len(cases), "batch": batch}
 
 
@@ -195,16 +205,16 @@ def _vae_parity(path, graph: contract.GraphSpec, vae, sf: float, image_size: int
     if graph is contract.VAE_ENCODER:
         image = rng.uniform(-1, 1, (batch, 3, image_size, image_size)).astype(np.float32)
         noise = rng.standard_normal((batch, 4, h, h), dtype=np.float32)
-        out = sess.run(graph.output_names, {"image": image, "noise": noise})[0]
+        out = sess.run(graph.output_names, dict(zip(graph.input_names, (image, noise))))[0]
         with torch.no_grad():
             dist = vae.encode(torch.from_numpy(image)).latent_dist
             ref = ((dist.mean + dist.std * torch.from_numpy(noise)) * sf).numpy()
     else:
         latent = (rng.standard_normal((batch, 4, h, h), dtype=np.float32) * sf * 4).astype(np.float32)
-        out = sess.run(graph.output_names, {"latent": latent})[0]
+        out = sess.run(graph.output_names, dict(zip(graph.input_names, (latent,))))[0]
         with torch.no_grad():
             ref = ((vae.decode(torch.from_numpy(latent) / sf).sample + 1) / 2).clamp(0, 1).numpy()
-    return {"rel_l2": rel_l2(out, ref), "tolerance": contract.PARITY_REL_L2,
+    return {"rel_l2": rel_l2(out, ref), "tolerance": PARITY_REL_L2,
             "reference": "diffusers AutoencoderKL", "batch": batch}
 
 
@@ -221,13 +231,13 @@ def _trace(wrapper: nn.Module, graph: contract.GraphSpec, args: tuple, static_ba
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"
         # no_grad: with autograd on, tracing keeps every activation alive (16 GB at 512², vs 6 GB).
-        with _stage(f"trace {graph.key}"), warnings.catch_warnings(), torch.no_grad():
+        with stage(f"trace {graph.key}"), warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TracerWarnings on shape arithmetic are expected
-            torch.onnx.export(wrapper, args, str(raw), dynamo=False, opset_version=contract.ONNX_OPSET,
+            torch.onnx.export(wrapper, args, str(raw), dynamo=False, opset_version=ONNX_OPSET,
                               input_names=graph.input_names, output_names=graph.output_names,
                               dynamic_axes=dynamic_axes, do_constant_folding=True)
         proto = onnx.load(str(raw))
-    with _stage(f"simplify {graph.key}"):
+    with stage(f"simplify {graph.key}"):
         try:
             import onnxsim
 
@@ -240,32 +250,63 @@ def _trace(wrapper: nn.Module, graph: contract.GraphSpec, args: tuple, static_ba
     return proto
 
 
-def _save(proto, path: Path, metadata: dict) -> None:
-    """Write ``proto`` with ``metadata`` to ``path`` atomically (temp file + rename)."""
-    import onnx
-
+def _set_metadata(proto, metadata: dict) -> None:
     del proto.metadata_props[:]
     for k, v in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v if isinstance(v, str) else json.dumps(v)  # ONNX metadata is text
+
+
+def _save(proto, path: Path, metadata: dict) -> None:
+    """Write ``proto`` with ``metadata`` to ``path`` atomically (temp folder + renames). A graph
+    over ``EXTERNAL_DATA_THRESHOLD_BYTES`` gets its weights in ``<name>.data`` beside it (this
+    empties the tensors of ``proto``: do not reuse it)."""
+    import onnx
+
+    _set_metadata(proto, metadata)
+    sidecar = models.external_data_path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        big = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD_BYTES
+        onnx.save_model(proto, str(tmp / path.name), save_as_external_data=big, all_tensors_to_one_file=True,
+                        location=sidecar.name if big else None)
+        if big:
+            os.replace(tmp / sidecar.name, sidecar)  # the data first: the graph names it
+        else:
+            sidecar.unlink(missing_ok=True)
+        os.replace(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _update_metadata(path: Path, extra: dict) -> None:
+    """Add metadata to a written graph without touching its external data."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    _set_metadata(proto, {**meta, **extra})
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        big = proto.ByteSize() > contract.EXTERNAL_DATA_THRESHOLD_BYTES
-        onnx.save_model(proto, str(tmp), save_as_external_data=big, all_tensors_to_one_file=True,
-                        location=path.name + ".data" if big else None)
+        onnx.save_model(proto, str(tmp))  # tensors keep pointing at the sidecar by name
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _gate(path: Path, proto, metadata: dict, parity: dict, graph: contract.GraphSpec) -> Path:
-    """Raise (deleting the file) when parity failed; else record the figures in the graph."""
-    if not parity["rel_l2"] <= contract.PARITY_REL_L2:  # also catches NaN
-        path.unlink(missing_ok=True)
+def _remove_graph(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    models.external_data_path(path).unlink(missing_ok=True)
+
+
+def _gate(path: Path, parity: dict, graph: contract.GraphSpec) -> Path:
+    """Raise (deleting the files) when parity failed; else record the figures in the graph."""
+    if not parity["rel_l2"] <= PARITY_REL_L2:  # also catches NaN
+        _remove_graph(path)
         raise ParityError(f"{graph.key}: ONNX Runtime vs PyTorch relative L2 error {parity['rel_l2']:.3g} "
-                          f"exceeds PARITY_REL_L2 = {contract.PARITY_REL_L2:g}; nothing was written")
-    log.info("%s parity: relative L2 %.2e (tolerance %.0e)", graph.key, parity["rel_l2"], contract.PARITY_REL_L2)
-    _save(proto, path, {**metadata, contract.META_PARITY: parity})
+                          f"exceeds PARITY_REL_L2 = {PARITY_REL_L2:g}; nothing was written")
+    log.info("%s parity: relative L2 %.2e (tolerance %.0e)", graph.key, parity["rel_l2"], PARITY_REL_L2)
+    _update_metadata(path, {contract.META_PARITY: parity})
     return path
 
 
@@ -298,11 +339,12 @@ def export_unet(model: RemovalModel, out_dir, metadata: dict, *, static_batch: b
     del wrapper
     path = Path(out_dir) / contract.UNET.file
     meta = {**metadata, contract.META_GRAPH: contract.UNET.key,
-            META_ALPHAS_CUMPROD: [float(a) for a in alphas_cumprod()]}
+            contract.META_ALPHAS_CUMPROD: [float(a) for a in alphas_cumprod()]}
     _save(proto, path, meta)
-    with _stage("parity unet"):
+    del proto
+    with stage("parity unet"):
         parity = _unet_parity(path, model, cfg, batch)
-    return _gate(path, proto, meta, parity, contract.UNET)
+    return _gate(path, parity, contract.UNET)
 
 
 def _export_vae_part(graph, wrapper, vae, sf, image_size, out_dir, metadata, static_batch) -> Path:
@@ -312,11 +354,11 @@ def _export_vae_part(graph, wrapper, vae, sf, image_size, out_dir, metadata, sta
             if graph is contract.VAE_ENCODER else (torch.zeros(batch, 4, h, h),))
     proto = _trace(wrapper.eval(), graph, args, static_batch)
     path = Path(out_dir) / graph.file
-    meta = {**metadata, contract.META_GRAPH: graph.key}
-    _save(proto, path, meta)
-    with _stage(f"parity {graph.key}"):
+    _save(proto, path, {**metadata, contract.META_GRAPH: graph.key})
+    del proto
+    with stage(f"parity {graph.key}"):
         parity = _vae_parity(path, graph, vae, sf, image_size, batch)
-    return _gate(path, proto, meta, parity, graph)
+    return _gate(path, parity, graph)
 
 
 def export_vae_encoder(vae, scaling_factor: float, image_size: int, out_dir, metadata: dict, *,
@@ -338,12 +380,15 @@ def export_models(model: RemovalModel, vae, scaling_factor: float, out_dir, *, p
     """Export the three graphs and ``manifest.json`` into ``out_dir``; returns the manifest.
 
     Everything is staged in a private folder inside ``out_dir`` and moved into place only after
-    all three parity gates passed; on any failure or interrupt nothing new is left behind."""
+    all three parity gates passed; on any failure or interrupt nothing new is left behind. The
+    old manifest goes first and the new one last, so a folder caught mid-move is no models
+    folder at all rather than a mix; the old quantized variants are removed (their source is gone)."""
+    import onnx
+
     cfg = model.cfg
     out_dir = Path(out_dir)
     created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    staging = models.staging_folder(out_dir, "export")
     try:
         meta = common_metadata(cfg, scaling_factor, provenance, weights_sha256)
         paths = [
@@ -352,25 +397,28 @@ def export_models(model: RemovalModel, vae, scaling_factor: float, out_dir, *, p
             export_vae_decoder(vae, scaling_factor, cfg.image_size, staging, meta, static_batch=static_batch),
         ]
         manifest = {contract.manifest_key(k): v for k, v in meta.items()}
-        manifest["static_batch"] = static_batch
+        manifest[contract.MANIFEST_STATIC_BATCH] = static_batch
         manifest[contract.MANIFEST_ALPHAS_CUMPROD] = [float(a) for a in alphas_cumprod()]
         manifest[contract.MANIFEST_GRAPHS] = {}
-        manifest[contract.manifest_key(contract.META_PARITY)] = {}
+        parity_key = contract.manifest_key(contract.META_PARITY)
+        manifest[parity_key] = {}
         for graph, path in zip(contract.GRAPHS, paths):
-            import onnx
-
             parity = next(p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
                           if p.key == contract.META_PARITY)
-            manifest[contract.manifest_key(contract.META_PARITY)][graph.key] = json.loads(parity)
-            manifest[contract.MANIFEST_GRAPHS][graph.key] = {
-                "file": graph.file, "sha256": sha256_file(path), "bytes": path.stat().st_size}
-        (staging / contract.MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+            manifest[parity_key][graph.key] = json.loads(parity)
+            manifest[contract.MANIFEST_GRAPHS][graph.key] = models.graph_entry(path, staging)
+        models.write_manifest(staging, manifest)
+        (out_dir / contract.MANIFEST_FILE).unlink(missing_ok=True)
+        models.purge_variants(out_dir)
         for graph in contract.GRAPHS:
-            os.replace(staging / graph.file, out_dir / graph.file)
+            for name in (graph.file, models.external_data_path(graph.file).name):
+                if (staging / name).exists():
+                    os.replace(staging / name, out_dir / name)
+                else:
+                    (out_dir / name).unlink(missing_ok=True)  # a stale sidecar of an older export
         os.replace(staging / contract.MANIFEST_FILE, out_dir / contract.MANIFEST_FILE)
         return manifest
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if created and not any(out_dir.iterdir()):
+        if created and out_dir.exists() and not any(out_dir.iterdir()):
             out_dir.rmdir()
-

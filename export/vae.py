@@ -1,11 +1,11 @@
-"""The kl-f8 VAE (ARCHITECTURE §11): strict loading from a diffusers folder, or a random one.
+"""The kl-f8 VAE (docs/model.md §9): strict loading from a diffusers folder, or a random one.
 
 The official pipeline loads a diffusers ``AutoencoderKL`` from the PixelHacker release folder
 ``vae/`` (``config.json`` + ``diffusion_pytorch_model.{safetensors,bin}``). Here the model is
 built from that config and the weights are copied strictly (``load_state_dict(strict=True)``
 after our own key and shape check, pickles only through ``torch.load(weights_only=True)``).
 
-The latent scaling factor is always read from the config (§11: it must not be hard-coded). A
+The latent scaling factor is always read from the config (docs/model.md §9: it must not be hard-coded). A
 config that would change the encode formula ``latent = sample · scaling_factor`` is refused:
 ``shift_factor`` (``(sample − shift) · scale``, SD3/Flux VAEs) or per-channel
 ``latents_mean``/``latents_std`` (normalised latents); so is one whose latent channels or
@@ -13,7 +13,7 @@ downsampling factor differ from the contract.
 
 ``build_random_vae`` makes a random-init VAE for toolchain runs without the release. Its default
 layout is the packaged ``data/sdxl_vae_config.json``: the SDXL kl-f8 VAE config, an UNVERIFIED
-best guess (the released PixelHacker ``vae/config.json`` could not be read here; §11 gives the
+best guess (the released PixelHacker ``vae/config.json`` could not be read here; docs/model.md §9 gives the
 evidence for SDXL and its scaling factor 0.13025). Exports of the official model read the real
 config through ``load_vae`` instead.
 """

@@ -19,23 +19,40 @@ from moebius_edge.errors import UserError
 COMMANDS = ("download", "check_weights", "export", "quantize", "run", "info")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every default, except for flags and options whose absence is the default
+    and for help texts that state their default themselves."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default, help="warnings and errors only")
+
+
+class _SubcommandParser(argparse.ArgumentParser):
+    """Every subcommand gets the help formatter and -v/-q (so ``run -v`` works as ``-v run``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        # SUPPRESS: a subcommand's unset flag must not overwrite one given before the subcommand.
+        _add_verbosity(self, argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moebius-edge",
         description="Moebius image inpainting on ONNX Runtime: export, quantize and run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"moebius-edge {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_parser = sub.add_parser
-
-    def add_parser_with_defaults(*args, **kwargs):  # every subcommand's --help shows its defaults
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
-        return add_parser(*args, **kwargs)
-
-    sub.add_parser = add_parser_with_defaults
+    _add_verbosity(parser, False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubcommandParser)
     for name in COMMANDS:
         importlib.import_module(f"moebius_edge.commands.{name}").register(sub)
     return parser

@@ -1,11 +1,13 @@
-"""The contract between export, quantize, runtime and tests.
+"""The contract between export, quantize, runtime, bundle and tests.
 
 Pure Python, no imports beyond the standard library. Every graph file name, ONNX input/output
-name, layout, metadata key and pipeline constant that more than one stage needs is defined here
-once (STYLE.md "the contract"). Sections refer to ``shared/reference/ARCHITECTURE.md``.
+name and dtype, metadata key, manifest field, pipeline constant and command-line default that
+more than one stage needs is defined here once (docs/style.md §2); a test fails when one of them
+is typed as a literal anywhere else. docs/contract.md explains each group; §-references below
+are to docs/model.md and docs/pipeline.md.
 
-What lives in the graphs and what stays in NumPy (STYLE.md "fixed arithmetic ... belongs in the
-graph"):
+What lives in the graphs and what stays in NumPy (docs/style.md §4: fixed arithmetic every
+caller would repeat belongs in the graph):
 
 * UNet graph (``unet.onnx``): the 9-channel concatenation ``[latent | mask | masked_latent]``,
   the classifier-free-guidance batch doubling, the fixed category ids (uncond 10..19, cond 0..9)
@@ -15,8 +17,8 @@ graph"):
 * VAE encoder graph: posterior sampling from an explicit ``noise`` input (zero noise gives the
   mean) and the latent scaling factor.
 * VAE decoder graph: the inverse scaling, ``(x + 1) / 2`` and the clamp to [0, 1].
-* NumPy runtime: the DDIM loop (§10.3), the [-1, 1] input scaling, the mask's strided
-  downsampling (top-left pixel of every 8×8 cell, §10.2), crops, resizes and paste-back.
+* NumPy runtime: the DDIM loop (docs/pipeline.md §5), the [-1, 1] input scaling, the mask rules
+  (docs/pipeline.md §3), crops, resizes and paste-back.
 """
 from __future__ import annotations
 
@@ -27,24 +29,9 @@ from dataclasses import dataclass
 CONTRACT_VERSION = 1
 
 # ---------------------------------------------------------------------------------------------
-# Export settings (measured: TorchScript exporter at opset 17 reproduces the reference to 1.6e-6)
-ONNX_OPSET = 17
-ONNX_DYNAMO = False
-# Above this size a graph is written with external data (protobuf's 2 GB limit, with margin).
-EXTERNAL_DATA_THRESHOLD_BYTES = int(1.8e9)
-
-# Tolerances. PARITY_REL_L2: export parity gate, ORT vs the unfused PyTorch model.
-# GOLDEN_MAX_ABS: max |Δ| against the official golden vectors (outputs are ≈ 0.7 in magnitude).
-PARITY_REL_L2 = 1e-4
-GOLDEN_MAX_ABS = 1e-4
-
-# ---------------------------------------------------------------------------------------------
-# Model facts (§1, §10.2)
+# Model facts (docs/model.md §1, docs/pipeline.md §4)
 LATENT_CHANNELS = 4
 VAE_FACTOR = 8  # pixels per latent cell
-UNET_IN_CHANNELS = 9
-NUM_EMBEDDINGS = 20
-CONTEXT_TOKENS = NUM_EMBEDDINGS // 2
 # CFG layout of the official pipeline: the "uncond" half uses ids 10..19 (the foreground
 # category), the "cond" half ids 0..9 (background). Guidance pushes towards background completion.
 UNCOND_IDS = tuple(range(10, 20))
@@ -53,7 +40,7 @@ COND_IDS = tuple(range(0, 10))
 UNET_INPUT_CHANNELS = (("latent", 0, 4), ("mask", 4, 5), ("masked_latent", 5, 9))
 
 # ---------------------------------------------------------------------------------------------
-# Scheduler and pipeline constants (§10)
+# Scheduler and pipeline constants (docs/pipeline.md)
 NUM_TRAIN_TIMESTEPS = 1000
 BETA_START = 0.00085
 BETA_END = 0.012
@@ -66,7 +53,32 @@ DEFAULT_GUIDANCE = 2.5
 NOISE_OFFSET = 0.0357
 MASK_THRESHOLD = 127.5  # mask values >= this are hole (so 128 is hole, 127 is not)
 PASTE_BLUR_RADIUS = 3.0  # Pillow GaussianBlur radius at native size
-LOGVAR_CLAMP = (-30.0, 20.0)
+
+# Mask and paste-back rules (docs/pipeline.md §3). "official": the reference pipeline bit for
+# bit; "complete": every pixel of the user's hole is replaced, whatever its width.
+FIDELITY_MODES = ("official", "complete")
+DEFAULT_FIDELITY = "complete"
+
+# ---------------------------------------------------------------------------------------------
+# Command-line and API defaults shared by `run`, the Python API, benchmarks and the bundle
+DEFAULT_MODELS_DIR = "models"
+DEFAULT_SEED = 0
+DEFAULT_MARGIN = 0.25  # context around the hole, of the hole box's longer side, on each side
+DEFAULT_MIN_MARGIN = 32  # pixels
+DEFAULT_MAX_PIXELS = 50_000_000  # larger images are refused (decompression bombs)
+DEFAULT_QUALITY = 95  # JPEG/WebP quality
+MASK_CHANNELS = ("auto", "alpha", "luminance")  # auto: alpha if the mask has transparency
+# --provider choices -> ONNX Runtime execution provider names; "auto" tries AUTO_PROVIDERS in
+# order, and CPU is always the last resort.
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "nnapi": "NnapiExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+}
+AUTO_PROVIDERS = ("cuda", "coreml", "nnapi", "xnnpack")
+PROVIDER_CHOICES = ("auto", *PROVIDERS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,7 +86,7 @@ LOGVAR_CLAMP = (-30.0, 20.0)
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dtype: str  # numpy dtype name
+    dtype: str  # numpy dtype name; the runtime refuses a feed of another dtype
     shape: tuple  # ints or symbolic axis names (str)
 
 
@@ -87,6 +99,9 @@ class GraphSpec:
 
     def input(self, name: str) -> TensorSpec:
         return next(t for t in self.inputs if t.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        return next(t for t in self.outputs if t.name == name)
 
     @property
     def input_names(self) -> list:
@@ -136,10 +151,11 @@ VAE_DECODER = GraphSpec(
 GRAPHS = (UNET, VAE_ENCODER, VAE_DECODER)
 
 # ---------------------------------------------------------------------------------------------
-# Models folder layout: fp32 graphs and manifest at the top; quantized variants in sub-folders
-# with their own manifest.
+# Models folder layout (docs/contract.md §5): fp32 graphs and manifest at the top; quantized
+# variants in sub-folders with their own manifest.
 MANIFEST_FILE = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
+EXTERNAL_DATA_SUFFIX = ".data"  # <graph>.onnx.data: weights of a graph over protobuf's 2 GB
 
 
 def precision_subdir(precision: str) -> str:
@@ -166,7 +182,7 @@ META_SCALING_FACTOR = META_PREFIX + "vae_scaling_factor"
 META_SCHEDULER = META_PREFIX + "scheduler"  # JSON, see scheduler_metadata()
 META_PARITY = META_PREFIX + "parity"  # JSON
 META_LICENSES = META_PREFIX + "licenses"  # JSON
-
+META_ALPHAS_CUMPROD = META_PREFIX + "alphas_cumprod"  # JSON (the UNet carries the ᾱ table too)
 
 
 def manifest_key(meta_key: str) -> str:
@@ -175,8 +191,16 @@ def manifest_key(meta_key: str) -> str:
 
 
 # Manifest-only fields (manifest.json beside the graphs).
-MANIFEST_GRAPHS = "graphs"  # {key: {"file", "sha256", "bytes"}}
+MANIFEST_GRAPHS = "graphs"  # {graph key: graph entry}
 MANIFEST_ALPHAS_CUMPROD = "alphas_cumprod"  # 1000 float32 values exactly as torch computes them
+MANIFEST_STATIC_BATCH = "static_batch"  # true: batch fixed to 1 (mobile execution providers)
+MANIFEST_SOURCE_GRAPHS = "source_graphs"  # variants: {graph key: SHA-256 of the FP32 graph used}
+# A graph entry. GRAPH_FILE is relative to the manifest's folder ("../x.onnx": a variant that
+# keeps the FP32 graph references it); GRAPH_EXTERNAL_DATA is an entry of the same form.
+GRAPH_FILE = "file"
+GRAPH_SHA256 = "sha256"
+GRAPH_BYTES = "bytes"
+GRAPH_EXTERNAL_DATA = "external_data"
 
 LICENSES = {
     "moebius_code": "Apache-2.0 (hustvl/Moebius)",
@@ -204,6 +228,8 @@ def scheduler_metadata() -> dict:
         "noise_offset": NOISE_OFFSET,
     }
 
+
+PROVENANCE_RANDOM_INIT = "random-init:"  # prefix of the provenance of random weights
 
 # Official weight variants on the Hub (hustvl/Moebius/<variant>/diffusion_pytorch_model.bin).
 HUB_REPO = "hustvl/Moebius"

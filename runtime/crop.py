@@ -1,6 +1,6 @@
 """Crop-around-the-mask geometry and the pixel operations around it (resize, feather, paste-back).
 
-The model only works at its native square size (ARCHITECTURE §9, §14). The official pipeline
+The model only works at its native square size (docs/model.md §8, docs/pipeline.md §7). The official pipeline
 squashes every photo to that size and returns a small result; here only a square around the hole
 is sent to the model and the result is pasted back into the untouched original:
 
@@ -11,12 +11,12 @@ is sent to the model and the result is pasted back into the untouched original:
    image is smaller than native the square overhangs it and the overhang is reflection-padded.
    When the grown box does not fit in such a square (a long hole in a narrow photo), the grown
    box itself is squashed to the native square, as the official pipeline does with whole images;
-3. image crop resized to native (area filter down, Lanczos up), mask crop area-filtered and
-   re-binarised at 127.5;
+3. image crop resized to native (area filter down, Lanczos up); the mask crop goes through
+   ``masks.to_model``;
 4. after inpainting, the result is resized back with Lanczos and blended into the original through
-   the original-resolution binary mask feathered with Pillow's GaussianBlur, radius 3 px at native
-   scale (3·crop side / native side here), with the official float64 blend and truncation
-   (ARCHITECTURE §10.4). Where the feathered mask is 0 the output equals the input exactly.
+   the paste-back weights of ``masks.feather`` (radius 3 px at native scale, 3·crop side / native
+   side here), with the official float64 blend and truncation (docs/pipeline.md §6.2, §7.4). Where the
+   weight is 0 the output equals the input exactly.
 
 Far-apart mask components become separate crops (ordered by their top-left corner); components
 are merged whenever one's crop would show another's hole to the model as context.
@@ -26,12 +26,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from moebius_edge import contract
-
-DEFAULT_MARGIN = 0.25  # of the hole box's longer side, on each side
-DEFAULT_MIN_MARGIN = 32  # pixels
 
 
 @dataclass(frozen=True)
@@ -83,7 +80,8 @@ def label_components(mask: np.ndarray) -> tuple:
     """(labels (H, W) int32, boxes list[Box] indexed by label − 1) of the 8-connected hole parts."""
     import cv2
 
-    n, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    hole = mask if mask.dtype == bool else mask > 0
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(np.ascontiguousarray(hole).view(np.uint8), connectivity=8)
     boxes = [Box(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h, _ in stats[1:n]]
     return labels, boxes
 
@@ -96,8 +94,8 @@ def _axis_start(g0: int, g1: int, side: int, dim: int) -> int:
     return min(max(start, 0), dim - side)
 
 
-def crop_for_hole(hole: Box, w: int, h: int, native: int, margin: float = DEFAULT_MARGIN,
-                  min_margin: int = DEFAULT_MIN_MARGIN) -> tuple:
+def crop_for_hole(hole: Box, w: int, h: int, native: int, margin: float = contract.DEFAULT_MARGIN,
+                  min_margin: int = contract.DEFAULT_MIN_MARGIN) -> tuple:
     """(box, squashed) for a hole's bounding box in a w × h image."""
     if w == native and h == native:
         return Box(0, 0, w, h), False  # native size: processed whole, exactly as the official pipeline
@@ -116,11 +114,11 @@ def crop_for_hole(hole: Box, w: int, h: int, native: int, margin: float = DEFAUL
     return Box(x0, y0, x0 + side, y0 + side), False
 
 
-def plan_crops(mask: np.ndarray, native: int, *, margin: float = DEFAULT_MARGIN,
-               min_margin: int = DEFAULT_MIN_MARGIN, separate: bool = True) -> tuple:
+def plan_crops(mask: np.ndarray, native: int, *, margin: float = contract.DEFAULT_MARGIN,
+               min_margin: int = contract.DEFAULT_MIN_MARGIN, separate: bool = True) -> tuple:
     """Group the hole's components into crops. Returns (labels, crops ordered by top-left corner).
 
-    ``mask`` is the binarised (and dilated) mask at the image's resolution, 255 = hole. With
+    ``mask`` is the bool hole (binarised and dilated) at the image's resolution. With
     ``separate=False`` the whole hole is one crop.
     """
     h, w = mask.shape
@@ -208,10 +206,10 @@ def resize_image(image: np.ndarray, size: tuple) -> np.ndarray:
     return np.asarray(im)
 
 
-def resize_mask(mask: np.ndarray, size: tuple) -> np.ndarray:
-    """Area filter (both directions), then the official re-binarisation at 127.5."""
-    im = _resize_axis(Image.fromarray(mask), size, Image.Resampling.BOX, Image.Resampling.BOX)
-    return np.where(np.asarray(im) >= contract.MASK_THRESHOLD, 255, 0).astype(np.uint8)
+def resize_area(gray: np.ndarray, size: tuple) -> np.ndarray:
+    """A single-channel uint8 array resized with the area filter in both directions; ``size`` is (W, H)."""
+    im = _resize_axis(Image.fromarray(gray), size, Image.Resampling.BOX, Image.Resampling.BOX)
+    return np.asarray(im)
 
 
 def resize_back(image: np.ndarray, size: tuple) -> np.ndarray:
@@ -222,18 +220,9 @@ def resize_back(image: np.ndarray, size: tuple) -> np.ndarray:
     return np.asarray(im.resize(tuple(size), Image.Resampling.LANCZOS))
 
 
-def feather(mask: np.ndarray, radius) -> np.ndarray:
-    """Pillow's GaussianBlur of a binary uint8 mask (the official paste-back uses Pillow's, which
-    is an extended box blur, not an exact Gaussian; the goldens depend on it). ``radius`` may be
-    (rx, ry) for a squashed crop."""
-    if isinstance(radius, (tuple, list)) and radius[0] == radius[1]:
-        radius = radius[0]
-    return np.asarray(Image.fromarray(mask).filter(ImageFilter.GaussianBlur(radius)))
-
-
 def blend(result: np.ndarray, original: np.ndarray, feathered: np.ndarray, rows: int = 256) -> np.ndarray:
     """The official paste-back: ``uint8((R/255·M + (1 − M)·I/255)·255)`` in float64, truncated,
-    with M = feathered/255 (ARCHITECTURE §10.4). M = 0 gives I back exactly (checked for all 256
+    with M = feathered/255 (docs/pipeline.md §6.2). M = 0 gives I back exactly (checked for all 256
     values). Done in blocks of ``rows`` so a 50 MP region does not need gigabytes of float64."""
     out = np.empty_like(original)
     for y in range(0, original.shape[0], rows):

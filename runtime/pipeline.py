@@ -1,6 +1,6 @@
 """The Moebius inpainting pipeline on ONNX Runtime, in NumPy: any photo size, no torch.
 
-At the model's native size this is the official pipeline (ARCHITECTURE §10) step for step:
+At the model's native size this is the official pipeline (docs/pipeline.md) step for step:
 binarise the mask at 127.5; x = u8/255·2 − 1; VAE posterior *samples* of the image and of the
 hole-masked image (the encoder graph takes the noise); latent mask = top-left pixel of every 8×8
 cell; start from the original image's latent noised to the first timestep (strength), with the
@@ -25,15 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from moebius_edge import contract
+from moebius_edge import contract, masks
 from moebius_edge import crop as cropping
 from moebius_edge.errors import UserError
+from moebius_edge.models import ModelsFolder, open_models
 from moebius_edge.scheduler import DDIMSchedule, add_noise, ddim_step
-from moebius_edge.session import GraphSession, ModelsFolder, SessionConfig, open_models
+from moebius_edge.session import GraphSession, SessionConfig
 
 log = logging.getLogger(__name__)
 
-# The four noise tensors, in the order the official pipeline draws them (ARCHITECTURE §10.2).
+# The four noise tensors, in the order the official pipeline draws them (docs/pipeline.md §4.4).
 NOISE_KEYS = ("eps_posterior_image", "eps_posterior_masked", "noise_base", "noise_offset_draw")
 
 
@@ -93,9 +94,8 @@ class _Job:
 
     crop: cropping.Crop
     image: np.ndarray  # (N, N, 3) uint8 model input
-    hole: np.ndarray  # (N, N) uint8, 255 = fill
+    hole: np.ndarray  # (N, N) bool, True = fill
     noise: dict
-    hole01: np.ndarray = None  # (1, 1, N, N) float32, 1 = fill
     z_img: np.ndarray = None
     z_msk: np.ndarray = None
     latent: np.ndarray = None
@@ -140,10 +140,10 @@ class Inpainter:
     def latent_size(self) -> int:
         return self.models.latent_size
 
-    def plan(self, mask: np.ndarray, *, margin: float = cropping.DEFAULT_MARGIN,
-             min_margin: int = cropping.DEFAULT_MIN_MARGIN, separate: bool = True) -> tuple:
-        """(component labels, crops) for a binarised mask at the image's resolution."""
-        return cropping.plan_crops(mask, self.image_size, margin=margin, min_margin=min_margin,
+    def plan(self, hole: np.ndarray, *, margin: float = contract.DEFAULT_MARGIN,
+             min_margin: int = contract.DEFAULT_MIN_MARGIN, separate: bool = True) -> tuple:
+        """(component labels, crops) for a bool hole at the image's resolution."""
+        return cropping.plan_crops(hole, self.image_size, margin=margin, min_margin=min_margin,
                                    separate=separate)
 
     def release(self) -> None:
@@ -155,25 +155,25 @@ class Inpainter:
             self.graphs[key].release()
 
     # ------------------------------------------------------------------------------------------
-    def inpaint(self, image: np.ndarray, mask: np.ndarray, *, seed: int = 0, steps: int = contract.DEFAULT_STEPS,
-                guidance: float = contract.DEFAULT_GUIDANCE, strength: float = contract.DEFAULT_STRENGTH,
-                noise=None, progress=None, dilate: int = 0, margin: float = cropping.DEFAULT_MARGIN,
-                min_margin: int = cropping.DEFAULT_MIN_MARGIN, separate: bool = True) -> np.ndarray:
-        """Fill the hole of ``image`` (H, W, 3) uint8 RGB where ``mask`` (H, W) uint8 is ≥ 128.
+    def inpaint(self, image: np.ndarray, mask: np.ndarray, *, seed: int = contract.DEFAULT_SEED,
+                steps: int = contract.DEFAULT_STEPS, guidance: float = contract.DEFAULT_GUIDANCE,
+                strength: float = contract.DEFAULT_STRENGTH, noise=None, progress=None, dilate: int = 0,
+                margin: float = contract.DEFAULT_MARGIN, min_margin: int = contract.DEFAULT_MIN_MARGIN,
+                separate: bool = True) -> np.ndarray:
+        """Fill the hole of ``image`` (H, W, 3) uint8 RGB where ``mask`` (H, W) uint8 is ≥ 128
+        (or where a bool ``mask`` is True: an already binarised hole).
 
         Returns a new (H, W, 3) uint8 image; outside the feathered hole it equals ``image``.
         ``noise``: the four ``NOISE_KEYS`` tensors at the native latent size instead of drawing
         them from ``seed`` (single-crop runs only). ``progress(done, total)`` is called after every
         model step; returning False cancels with ``Cancelled``.
         """
-        from moebius_edge.imageio import binarize, dilate as grow
-
         image = np.asarray(image)
         mask = np.asarray(mask)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
-        if mask.dtype != np.uint8 or mask.shape != image.shape[:2]:
-            raise ValueError(f"mask must be uint8 (H, W) = {image.shape[:2]}, got {mask.dtype} {mask.shape}")
+        if mask.dtype not in (np.uint8, np.bool_) or mask.shape != image.shape[:2]:
+            raise ValueError(f"mask must be uint8 or bool (H, W) = {image.shape[:2]}, got {mask.dtype} {mask.shape}")
         try:
             schedule = DDIMSchedule.create(self.models.alphas_cumprod, steps, strength)
         except ValueError as e:
@@ -182,7 +182,7 @@ class Inpainter:
         self.last_run = info
         t0 = time.perf_counter()
 
-        hole = grow(binarize(mask), dilate)
+        hole = masks.dilate(mask if mask.dtype == np.bool_ else masks.binarize(mask), dilate)
         labels, crops = self.plan(hole, margin=margin, min_margin=min_margin, separate=separate)
         if not crops:
             log.warning("the mask has no hole (no value ≥ 128): returning the image unchanged")
@@ -196,11 +196,11 @@ class Inpainter:
         rng = np.random.default_rng(seed) if noise is None else None
         jobs = []
         for c in crops:
-            group = np.isin(labels, c.labels).astype(np.uint8) * 255 if len(crops) > 1 else hole
+            group = np.isin(labels, c.labels) if len(crops) > 1 else hole
             tile = cropping.extract(image, c.box)
             tile_mask = cropping.extract(group, c.box)
             native_img = cropping.resize_image(tile, (n, n))
-            native_mask = cropping.resize_mask(tile_mask, (n, n))
+            native_mask = masks.to_model(tile_mask, (n, n))
             if not native_mask.any():
                 log.warning("hole at %s is too thin to survive the resize to %d px; try --dilate",
                             [c.hole.x0, c.hole.y0, c.hole.x1, c.hole.y1], n)
@@ -221,9 +221,8 @@ class Inpainter:
             region = c.region(w, h)
             back = cropping.resize_back(job.result, (c.box.w, c.box.h))
             back = back[region.y0 - c.box.y0:region.y1 - c.box.y0, region.x0 - c.box.x0:region.x1 - c.box.x0]
-            group = (np.isin(labels[region.slices], c.labels).astype(np.uint8) * 255 if len(jobs) > 1
-                     else hole[region.slices])
-            feathered = cropping.feather(group, cropping.paste_radius(c.box, n))
+            group = np.isin(labels[region.slices], c.labels) if len(jobs) > 1 else hole[region.slices]
+            feathered = masks.feather(group, cropping.paste_radius(c.box, n))
             out[region.slices] = cropping.blend(back, out[region.slices], feathered)
         info.seconds["paste"] = time.perf_counter() - t
         info.seconds["total"] = time.perf_counter() - t0
@@ -237,11 +236,9 @@ class Inpainter:
         load0 = enc.load_seconds
         for job in jobs:
             x = to_model_input(job.image)
-            hole01 = (job.hole.astype(np.float64) / 255.0 >= 0.5).astype(np.float32)[None, None]
-            masked = x * (np.float32(1.0) - hole01)
+            masked = x * (np.float32(1.0) - masks.pixel_mask(job.hole))
             job.z_img = enc.run(image=x, noise=job.noise["eps_posterior_image"])
             job.z_msk = enc.run(image=masked, noise=job.noise["eps_posterior_masked"])
-            job.hole01 = hole01
         self._done_with(enc.spec.key)
         info.seconds["encoder_load"] = enc.load_seconds - load0
         info.seconds["encode"] = time.perf_counter() - t - info.seconds["encoder_load"]
@@ -252,9 +249,8 @@ class Inpainter:
         load0 = unet.load_seconds
         total, done = len(jobs) * len(schedule), 0
         g = np.array([guidance], dtype=np.float32)
-        f = contract.VAE_FACTOR
         for job in jobs:
-            m_lat = np.ascontiguousarray(job.hole01[:, :, ::f, ::f])  # top-left pixel of each 8×8 cell
+            m_lat = masks.latent_mask(job.hole)
             nz = job.noise
             noise = nz["noise_base"] + np.float32(contract.NOISE_OFFSET) * nz["noise_offset_draw"]
             x = add_noise(job.z_img, noise, schedule.alpha_start)

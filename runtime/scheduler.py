@@ -1,4 +1,4 @@
-"""DDIM sampling in NumPy, exactly as the official Moebius pipeline runs it (ARCHITECTURE §10.3).
+"""DDIM sampling in NumPy, exactly as the official Moebius pipeline runs it (docs/pipeline.md §5).
 
 The official pipeline uses diffusers' ``DDIMScheduler`` with 1000 training steps, "leading"
 timestep spacing, offset 0, ε-prediction, η = 0, no clipping and ``set_alpha_to_one``; the
@@ -12,7 +12,7 @@ with σ_t = 0:
 ᾱ is not recomputed here: the export stores the float32 table exactly as torch computed it in the
 manifest (``contract.MANIFEST_ALPHAS_CUMPROD``), and every scalar is formed from those float32
 values in float32, the way diffusers does it on float32 tensors. A float64 recomputation differs in
-the last bits and moves one output value in ~50,000 by 1 LSB (shared/reference/README.md).
+the last bits and moves one output value in ~50,000 by 1 LSB (tests/data/README.md).
 """
 from __future__ import annotations
 

@@ -1,24 +1,19 @@
-"""ONNX Runtime sessions for an exported models folder: thin, lazy and checked.
+"""ONNX Runtime sessions for the graphs of a models folder: thin, lazy and checked.
 
-A models folder (written by ``moebius-edge export``) holds ``manifest.json`` and the graphs of
-``contract.GRAPHS``; quantized variants live in ``contract.precision_subdir(p)`` with their own
-manifest. This module
+This module only creates and feeds sessions; ``models.py`` reads and checks the folder. It
 
-* reads and checks the manifest (contract version, graph files, sizes and SHA-256 before anything
-  runs);
-* picks execution providers (``--provider auto|cpu|cuda|coreml|nnapi|xnnpack``) with a CPU
-  fallback and logs what actually runs;
+* picks execution providers (``--provider auto|cpu|cuda|coreml|nnapi|xnnpack``,
+  ``contract.PROVIDERS``) with a CPU fallback and logs what actually runs;
 * creates each graph's session only when it is first needed and drops it on ``release()``: the
-  three fp32 graphs at 512×512 would otherwise hold ~9 GB between them in ORT's arenas;
+  three fp32 graphs at 512×512 hold 4.3 GB between them when all stay alive (measured,
+  benchmarks/results/runtime.json), 2.9 GB when each is released after its phase;
 * checks each graph's metadata (``session.get_modelmeta()``; the base install has no ``onnx``
   package) against the manifest, and feeds inputs by contract name after checking them against
-  the session's own declared inputs (Apple ml-stable-diffusion's ``_verify_inputs``).
+  the contract's dtypes and the session's own declared shapes (docs/style.md §5).
 Constructors never download anything.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -28,20 +23,11 @@ import numpy as np
 
 from moebius_edge import contract
 from moebius_edge.errors import UserError
+from moebius_edge.models import ModelsFolder
 
 log = logging.getLogger(__name__)
 
-# --provider choices -> ONNX Runtime execution provider names.
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "coreml": "CoreMLExecutionProvider",
-    "nnapi": "NnapiExecutionProvider",
-    "xnnpack": "XnnpackExecutionProvider",
-}
-PROVIDER_CHOICES = ("auto", *PROVIDERS)
-# "auto": the first of these that this onnxruntime build has, then CPU.
-AUTO_ORDER = ("cuda", "coreml", "nnapi", "xnnpack")
+PROVIDERS = contract.PROVIDERS
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
               "tensor(int32)": np.int32, "tensor(double)": np.float64}
@@ -56,7 +42,7 @@ def available_providers() -> list:
 def resolve_providers(choice="auto") -> list:
     """The execution-provider chain for a ``--provider`` choice, always ending in CPU.
 
-    ``choice`` is a ``PROVIDER_CHOICES`` entry or an explicit list, in order of preference, of
+    ``choice`` is a ``contract.PROVIDER_CHOICES`` entry or an explicit list, in order of preference, of
     short names ("cuda") or ONNX Runtime names ("CUDAExecutionProvider"); unavailable ones are
     skipped with a warning."""
     if isinstance(choice, (list, tuple)):
@@ -72,12 +58,12 @@ def resolve_providers(choice="auto") -> list:
                 log.warning("%s is not available in this onnxruntime build (it has %s); skipping it",
                             name, ", ".join(available))
         return [*chain, PROVIDERS["cpu"]]
-    if choice not in PROVIDER_CHOICES:
-        raise UserError(f"unknown provider {choice!r}; choose one of {', '.join(PROVIDER_CHOICES)}")
+    if choice not in contract.PROVIDER_CHOICES:
+        raise UserError(f"unknown provider {choice!r}; choose one of {', '.join(contract.PROVIDER_CHOICES)}")
     available = available_providers()
     cpu = PROVIDERS["cpu"]
     if choice == "auto":
-        chain = [PROVIDERS[c] for c in AUTO_ORDER if PROVIDERS[c] in available]
+        chain = [PROVIDERS[c] for c in contract.AUTO_PROVIDERS if PROVIDERS[c] in available]
     elif choice == "cpu":
         chain = []
     elif PROVIDERS[choice] in available:
@@ -93,142 +79,9 @@ def resolve_providers(choice="auto") -> list:
 class SessionConfig:
     """How sessions are created (one config for all graphs)."""
 
-    provider: str | tuple = "auto"  # a PROVIDER_CHOICES entry, or a tuple of provider names in order
+    provider: str | tuple = "auto"  # a contract.PROVIDER_CHOICES entry, or a tuple of provider names in order
     threads: int = 0  # intra-op threads; 0 lets ONNX Runtime choose (one per physical core)
     low_memory: bool = False  # no CPU memory arena and no memory-pattern planning: slower, smaller
-
-
-# ---------------------------------------------------------------------------------------------
-# Models folder and manifest
-
-
-def sha256_file(path, progress: bool = False) -> str:
-    """Hex SHA-256 of a file, streamed (graphs and checkpoints are ~1 GB); a progress bar where
-    hashing takes noticeable time and ``progress`` is asked for."""
-    from tqdm.auto import tqdm
-
-    path = Path(path)
-    size = path.stat().st_size
-    h = hashlib.sha256()
-    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {path.name}",
-                                     disable=not progress or size < (64 << 20)) as bar:
-        while block := f.read(1 << 22):
-            h.update(block)
-            bar.update(len(block))
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class ModelsFolder:
-    """A checked models folder for one precision."""
-
-    root: Path  # the folder the user named (holds the fp32 graphs)
-    folder: Path  # the folder of this precision's graphs
-    precision: str
-    manifest: dict
-
-    def get(self, meta_key: str, default=None):
-        return self.manifest.get(contract.manifest_key(meta_key), default)
-
-    @property
-    def image_size(self) -> int:
-        return int(self.get(contract.META_IMAGE_SIZE))
-
-    @property
-    def latent_size(self) -> int:
-        return int(self.get(contract.META_LATENT_SIZE))
-
-    @property
-    def alphas_cumprod(self) -> np.ndarray:
-        return np.asarray(self.manifest[contract.MANIFEST_ALPHAS_CUMPROD], dtype=np.float32)
-
-    def graph_path(self, spec: contract.GraphSpec) -> Path:
-        return self.folder / self.manifest[contract.MANIFEST_GRAPHS][spec.key]["file"]
-
-    def verify(self, keys=None) -> None:
-        """Sizes and SHA-256 of the graph files against the manifest (reads every byte once)."""
-        for spec in contract.GRAPHS:
-            if keys is not None and spec.key not in keys:
-                continue
-            entry = self.manifest[contract.MANIFEST_GRAPHS][spec.key]
-            path = self.graph_path(spec)
-            t = time.perf_counter()
-            digest = sha256_file(path)
-            if digest != entry["sha256"]:
-                raise UserError(f"{path} does not match its manifest (SHA-256 {digest[:12]}… instead of "
-                                f"{str(entry['sha256'])[:12]}…): the file is corrupt or was replaced; "
-                                f"export the models again")
-            log.debug("%s: SHA-256 ok (%.2f s)", path.name, time.perf_counter() - t)
-
-
-def exported_precisions(root) -> list:
-    root = Path(root)
-    return [p for p in contract.PRECISIONS
-            if (root / contract.precision_subdir(p) / contract.MANIFEST_FILE).is_file()]
-
-
-def read_manifest(folder: Path) -> dict:
-    path = folder / contract.MANIFEST_FILE
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-    if not isinstance(manifest, dict):
-        raise UserError(f"{path} is not a moebius-edge manifest")
-    return manifest
-
-
-def open_models(models_dir, precision: str = "fp32") -> ModelsFolder:
-    """Find and check a models folder for ``precision`` (cheap checks; ``verify()`` hashes)."""
-    root = Path(models_dir)
-    if not root.is_dir():
-        raise UserError(f"models folder not found: {root} (make one with `moebius-edge export`, "
-                        f"or pass --models DIR)")
-    if precision not in contract.PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(contract.PRECISIONS)}")
-    folder = root / contract.precision_subdir(precision)
-    if not (folder / contract.MANIFEST_FILE).is_file():
-        if precision == "fp32":
-            raise UserError(f"{root} has no {contract.MANIFEST_FILE}: not a models folder written by "
-                            f"`moebius-edge export`")
-        have = exported_precisions(root)
-        raise UserError(f"precision {precision} is not exported in {root} (available: "
-                        f"{', '.join(have) or 'none'}); run `moebius-edge quantize` or choose another")
-    manifest = read_manifest(folder)
-    where = folder / contract.MANIFEST_FILE
-    version = manifest.get(contract.manifest_key(contract.META_CONTRACT_VERSION))
-    if str(version) != str(contract.CONTRACT_VERSION):
-        raise UserError(f"{where} was written under contract version {version}, this toolkit reads "
-                        f"version {contract.CONTRACT_VERSION}: export the models again with this version")
-    got = manifest.get(contract.manifest_key(contract.META_PRECISION), precision)
-    if got != precision:
-        raise UserError(f"{where} says precision {got!r}, expected {precision!r}")
-    for key in (contract.META_IMAGE_SIZE, contract.META_LATENT_SIZE):
-        if contract.manifest_key(key) not in manifest:
-            raise UserError(f"{where} lacks {contract.manifest_key(key)!r}")
-    graphs = manifest.get(contract.MANIFEST_GRAPHS)
-    if not isinstance(graphs, dict):
-        raise UserError(f"{where} lacks the {contract.MANIFEST_GRAPHS!r} table")
-    m = ModelsFolder(root=root, folder=folder, precision=precision, manifest=manifest)
-    if m.image_size != m.latent_size * contract.VAE_FACTOR:
-        raise UserError(f"{where}: image size {m.image_size} is not {contract.VAE_FACTOR}× the latent "
-                        f"size {m.latent_size}")
-    alphas = manifest.get(contract.MANIFEST_ALPHAS_CUMPROD)
-    if not isinstance(alphas, list) or len(alphas) != contract.NUM_TRAIN_TIMESTEPS:
-        raise UserError(f"{where}: {contract.MANIFEST_ALPHAS_CUMPROD!r} must hold "
-                        f"{contract.NUM_TRAIN_TIMESTEPS} values")
-    for spec in contract.GRAPHS:
-        entry = graphs.get(spec.key)
-        if not isinstance(entry, dict) or not {"file", "sha256", "bytes"} <= set(entry):
-            raise UserError(f"{where} has no complete entry for graph {spec.key!r}")
-        path = m.graph_path(spec)
-        if not path.is_file():
-            raise UserError(f"graph file missing: {path}")
-        size = path.stat().st_size
-        if size != int(entry["bytes"]):
-            raise UserError(f"{path} has {size} bytes, the manifest says {entry['bytes']}: the file is "
-                            f"truncated or was replaced; export the models again")
-    return m
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,7 +216,12 @@ class GraphSession:
             dtype = _ORT_TYPES.get(d.type)
             if dtype is None:
                 raise UserError(f"{self.path}: input {name!r} has unsupported type {d.type}")
-            arr = np.ascontiguousarray(value, dtype=dtype)
+            arr = np.asarray(value)
+            # The contract's dtype, never a silent cast: a float timestep would be truncated.
+            if arr.dtype != np.dtype(self.spec.input(name).dtype):
+                raise TypeError(f"{self.spec.key}: input {name!r} is {arr.dtype}, the contract says "
+                                f"{self.spec.input(name).dtype}")
+            arr = np.ascontiguousarray(arr, dtype=dtype)  # a variant may declare float16 I/O
             if arr.ndim != len(d.shape) or any(isinstance(g, int) and g != a for g, a in zip(d.shape, arr.shape)):
                 raise UserError(f"{self.spec.key}: input {name!r} has shape {list(arr.shape)}, the graph "
                                 f"declares {d.shape}")

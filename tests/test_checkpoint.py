@@ -22,11 +22,11 @@ from moebius_edge.errors import UserError  # noqa: E402
 from moebius_edge.export.checkpoint import (  # noqa: E402
     count_parameters, load_removal_model, load_state_dict_file)
 from moebius_edge.export.config import PRESETS  # noqa: E402
-from moebius_edge.session import sha256_file  # noqa: E402
+from moebius_edge.models import sha256_file  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 TINY = DATA / "tiny_weights.safetensors"
-TINY_PARAMETERS = 1_160_995  # shared/reference/README.md
+TINY_PARAMETERS = 1_160_995  # tests/data/README.md
 TINY_SHA256 = "1c3d6604de61fb8ebecedb350fe055057c867d85046377ef9dea44c439183fa0"
 FIRST_CONV_KEY = "diff_model.down_blocks.0.resnets.0.conv1.conv_dw.weight"
 TIME_KEY = "diff_model.time_embedding.linear_1.weight"

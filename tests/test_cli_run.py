@@ -241,17 +241,36 @@ def test_full_mask_warns_and_runs(tiny_models_dir, pair, capsys):
 
 def test_inverted_dilated_and_alpha_masks(tiny_models_dir, pair, capsys):
     photo, mask = pair
-    inv = 255 - np.asarray(Image.open(mask))
-    Image.fromarray(inv).save(photo.parent / "inv.png")
-    rc, out, err = run(capsys, photo, photo.parent / "inv.png", "--models", tiny_models_dir, "--invert-mask",
-                       "--dilate", 4, "--json", "-o", photo.parent / "o1.png")
+    d = photo.parent
+    common = ["--models", tiny_models_dir, "--steps", 3]
+
+    def changed(name):
+        return np.any(np.asarray(Image.open(d / name)) != np.asarray(Image.open(photo)), axis=2)
+
+    rc, _, err = run(capsys, photo, mask, *common, "-o", d / "plain.png")
     assert rc == 0, err
+    rc, _, err = run(capsys, photo, mask, *common, "--dilate", 6, "-o", d / "dilated.png")
+    assert rc == 0, err
+    # --dilate grows the hole: more pixels change, and every pixel the plain run changed.
+    assert changed("dilated.png").sum() > changed("plain.png").sum()
+    assert not (changed("plain.png") & ~changed("dilated.png")).any()
+    # An inverted mask with --invert-mask is the same hole: the same bytes as the plain mask.
+    Image.fromarray(255 - np.asarray(Image.open(mask))).save(d / "inv.png")
+    rc, _, err = run(capsys, photo, d / "inv.png", *common, "--invert-mask", "-o", d / "inverted.png")
+    assert rc == 0, err
+    assert (d / "inverted.png").read_bytes() == (d / "plain.png").read_bytes()
+    # Without --invert-mask the inverted file means "fill everything but the box": another result.
+    rc, _, err = run(capsys, photo, d / "inv.png", *common, "-o", d / "not_inverted.png")
+    assert rc == 0, err
+    assert changed("not_inverted.png").sum() > changed("plain.png").sum()
+    # The same strokes on a transparent layer: the alpha channel is the mask.
     rgba = np.zeros((150, 200, 4), np.uint8)
     rgba[..., 3] = np.asarray(Image.open(mask))
-    Image.fromarray(rgba, "RGBA").save(photo.parent / "alpha.png")
-    rc, _, err = run(capsys, photo, photo.parent / "alpha.png", "--models", tiny_models_dir, "--mask-channel",
-                     "alpha", "-o", photo.parent / "o2.png")
-    assert rc == 0, err
+    Image.fromarray(rgba, "RGBA").save(d / "alpha.png")
+    for channel in ("alpha", "auto"):
+        rc, _, err = run(capsys, photo, d / "alpha.png", *common, "--mask-channel", channel, "-o", d / f"out_{channel}.png")
+        assert rc == 0, err
+        assert (d / f"out_{channel}.png").read_bytes() == (d / "plain.png").read_bytes()
 
 
 @pytest.mark.parametrize("case", ["no-models", "contract-version", "precision"])
@@ -317,9 +336,17 @@ def test_batch_argument_errors(tiny_models_dir, tmp_path, capsys):
     assert rc == 2 and "--masks" in _error_line(err)
     rc, _, err = run(capsys, tmp_path / "imgs", "--masks", tmp_path / "imgs", "--models", tiny_models_dir)
     assert rc == 2 and "-o" in _error_line(err)
+    Image.fromarray(_mask(20, 20, (5, 5, 10, 10))).save(tmp_path / "x.png")
     rc, _, err = run(capsys, tmp_path / "imgs", "--masks", tmp_path / "x.png", "-o", tmp_path / "imgs",
                      "--models", tiny_models_dir)
-    assert rc == 2
+    assert rc == 2 and "output folder is the input folder" in _error_line(err)
+    rc, _, err = run(capsys, tmp_path / "imgs", "--masks", tmp_path / "x.png", "-o", tmp_path / "imgs" / ".." / "imgs",
+                     "--models", tiny_models_dir)
+    assert rc == 2 and "output folder is the input folder" in _error_line(err)
+    rc, _, err = run(capsys, tmp_path / "imgs", "--masks", tmp_path / "imgs", "-o", tmp_path / "o",
+                     "--models", tiny_models_dir)
+    assert rc == 2 and "masks folder is the images folder" in _error_line(err)
+    assert not (tmp_path / "o").exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moebius_edge import contract, crop
+from moebius_edge import contract, crop, masks, models
 from moebius_edge.errors import UserError
 from moebius_edge.pipeline import NOISE_KEYS, Cancelled, Inpainter, load_noise_file
-from moebius_edge.session import SessionConfig, open_models, resolve_providers
+from moebius_edge.models import open_models
+from moebius_edge.session import resolve_providers
 
 DATA = Path(__file__).parent / "data"
 
@@ -42,8 +43,8 @@ def _may_change(mask, native):
     out = np.zeros((h, w), bool)
     for c in crops:
         r = c.region(w, h)
-        group = np.isin(labels[r.slices], c.labels).astype(np.uint8) * 255
-        out[r.slices] |= crop.feather(group, crop.paste_radius(c.box, native)) > 0
+        group = np.isin(labels[r.slices], c.labels)
+        out[r.slices] |= masks.feather(group, crop.paste_radius(c.box, native)) > 0
     return out
 
 
@@ -179,6 +180,10 @@ def test_inputs_are_checked_against_the_session(inpainter):
                  timestep=np.array([900]), guidance_scale=np.array([2.5], np.float32))
     with pytest.raises(ValueError, match="fed"):
         unet.run(latent=z)
+    z = np.zeros((1, 4, lat, lat), np.float32)
+    with pytest.raises(TypeError, match="timestep.*float64.*int64"):  # would be truncated if cast
+        unet.run(latent=z, mask=np.zeros((1, 1, lat, lat), np.float32), masked_latent=z,
+                 timestep=np.array([900.7]), guidance_scale=np.array([2.5], np.float32))
     unet.release()
 
 
@@ -257,7 +262,7 @@ def test_corrupt_or_truncated_graph(models_copy):
         open_models(models_copy)
 
 
-def test_graphs_that_disagree_with_the_manifest(models_copy, golden):
+def test_graphs_that_disagree_with_the_manifest(models_copy):
     # A manifest claiming another size: each graph's metadata and declared shapes disagree with it.
     _edit_manifest(models_copy, image_size=256, latent_size=32)
     inp = Inpainter.from_models(models_copy, providers="cpu", verify=False)
@@ -274,8 +279,6 @@ def test_non_finite_quantized_decoder_falls_back_to_fp32(models_copy, golden, ca
     # A stand-in "fp16" variant: the fp32 UNet and encoder, and a decoder that returns NaN.
     variant = models_copy / contract.precision_subdir("fp16")
     variant.mkdir()
-    for spec in (contract.UNET, contract.VAE_ENCODER):
-        shutil.copy(models_copy / spec.file, variant / spec.file)
     nodes = [
         helper.make_node("Slice", ["latent", "s0", "s1", "ax"], ["l3"]),
         helper.make_node("Resize", ["l3", "", "scales"], ["big"], mode="nearest"),
@@ -290,16 +293,10 @@ def test_non_finite_quantized_decoder_falls_back_to_fp32(models_copy, golden, ca
         [helper.make_tensor_value_info("latent", TensorProto.FLOAT, ["batch", 4, lat, lat])],
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, n, n])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    manifest = dict(fp32.manifest, precision="fp16")
-    meta = {contract.META_CONTRACT_VERSION: str(contract.CONTRACT_VERSION), contract.META_GRAPH: "vae_decoder",
-            contract.META_PRECISION: "fp16"}
-    helper.set_model_props(model, meta)
+    helper.set_model_props(model, {contract.META_CONTRACT_VERSION: str(contract.CONTRACT_VERSION),
+                                   contract.META_GRAPH: contract.VAE_DECODER.key, contract.META_PRECISION: "fp16"})
     onnx.save(model, str(variant / contract.VAE_DECODER.file))
-    from moebius_edge.session import sha256_file
-
-    manifest["graphs"] = {s.key: {"file": s.file, "sha256": sha256_file(variant / s.file),
-                                  "bytes": (variant / s.file).stat().st_size} for s in contract.GRAPHS}
-    (variant / contract.MANIFEST_FILE).write_text(json.dumps(manifest))
+    _write_variant(models_copy, "fp16", {contract.VAE_DECODER.key: variant / contract.VAE_DECODER.file})
 
     inp = Inpainter.from_models(models_copy, precision="fp16", providers="cpu")
     with caplog.at_level(logging.WARNING, logger="moebius_edge"):
@@ -308,6 +305,76 @@ def test_non_finite_quantized_decoder_falls_back_to_fp32(models_copy, golden, ca
     assert np.abs(out.astype(int) - golden["output_u8"]).max() <= 1
 
 
-def test_session_config_defaults():
-    c = SessionConfig()
-    assert (c.provider, c.threads, c.low_memory) == ("auto", 0, False)
+def _write_variant(root, precision, replaced: dict):
+    """A variant folder as quantize writes it: the graphs in ``replaced`` ({key: path in the
+    variant folder}), the other graphs referenced from the FP32 folder, the source digests."""
+    fp32 = open_models(root)
+    folder = root / contract.precision_subdir(precision)
+    folder.mkdir(exist_ok=True)
+    manifest = dict(fp32.manifest)
+    manifest[contract.manifest_key(contract.META_PRECISION)] = precision
+    manifest[contract.MANIFEST_SOURCE_GRAPHS] = models.source_digests(fp32.manifest)
+    manifest[contract.MANIFEST_GRAPHS] = {
+        s.key: models.graph_entry(replaced.get(s.key, root / s.file), folder) for s in contract.GRAPHS}
+    models.write_manifest(folder, manifest)
+    return folder
+
+
+def test_variant_references_unchanged_graphs_and_checks_its_source(models_copy):
+    folder = _write_variant(models_copy, "int8", {})
+    assert not any(folder.glob("*.onnx"))  # referenced, not copied
+    m = open_models(models_copy, "int8")
+    assert m.graph_path(contract.UNET) == (models_copy / contract.UNET.file).resolve()
+    m.verify()
+    # Re-exported FP32 graphs (another digest in the FP32 manifest): the variant is refused.
+    fp32 = json.loads((models_copy / contract.MANIFEST_FILE).read_text())
+    fp32[contract.MANIFEST_GRAPHS][contract.UNET.key][contract.GRAPH_SHA256] = "0" * 64
+    (models_copy / contract.MANIFEST_FILE).write_text(json.dumps(fp32))
+    with pytest.raises(UserError, match="made from other FP32 graphs"):
+        open_models(models_copy, "int8")
+    # A manifest that points outside the models folder is refused.
+    manifest = json.loads((folder / contract.MANIFEST_FILE).read_text())
+    manifest[contract.MANIFEST_GRAPHS][contract.UNET.key][contract.GRAPH_FILE] = "../../elsewhere.onnx"
+    (folder / contract.MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="outside the models folder"):
+        open_models(models_copy, "int8")
+
+
+@pytest.mark.parametrize("edit", ["nan", "increasing", "short", "above_one"])
+def test_edited_noise_schedule_is_refused(models_copy, edit):
+    a = json.loads((models_copy / contract.MANIFEST_FILE).read_text())[contract.MANIFEST_ALPHAS_CUMPROD]
+    if edit == "nan":
+        a[500] = float("nan")
+    elif edit == "increasing":
+        a[10], a[11] = a[11], a[10]
+    elif edit == "short":
+        a = a[:-1]
+    else:
+        a[0] = 1.5
+    _edit_manifest(models_copy, **{contract.MANIFEST_ALPHAS_CUMPROD: a})
+    with pytest.raises(UserError, match=contract.MANIFEST_ALPHAS_CUMPROD):
+        open_models(models_copy)
+
+
+def test_intermediates_match_the_official_pipeline(inpainter, golden):
+    """The encoder, noising and first UNet step against the reference arrays, so a failure of the
+    end-to-end golden says which stage moved."""
+    from moebius_edge.pipeline import to_model_input
+    from moebius_edge.scheduler import DDIMSchedule, add_noise
+
+    hole = masks.to_model(masks.binarize(golden["mask_u8"]), (128, 128))
+    x = to_model_input(golden["image_u8"])
+    enc = inpainter.graphs[contract.VAE_ENCODER.key]
+    z_img = enc.run(image=x, noise=golden["eps_posterior_image"])
+    z_msk = enc.run(image=x * (1 - masks.pixel_mask(hole)), noise=golden["eps_posterior_masked"])
+    # Measured max |Δ| ≈ 1e-6 against latents of magnitude ~1.
+    assert np.abs(z_img - golden["latents_scaled"]).max() <= 2e-5
+    assert np.abs(z_msk - golden["masked_latents_scaled"]).max() <= 2e-5
+    sched = DDIMSchedule.create(golden["alphas_cumprod_all"], 20, contract.DEFAULT_STRENGTH)
+    noise = golden["noise_base"] + np.float32(contract.NOISE_OFFSET) * golden["noise_offset_draw"]
+    x_t = add_noise(golden["latents_scaled"], noise, sched.alpha_start)
+    assert np.abs(x_t - golden["noisy_latents_init"]).max() <= 1e-6
+    eps = inpainter.graphs[contract.UNET.key].run(
+        latent=golden["latents_per_step"][0], mask=masks.latent_mask(hole), masked_latent=golden["masked_latents_scaled"],
+        timestep=sched.timesteps[:1], guidance_scale=np.array([contract.DEFAULT_GUIDANCE], np.float32))
+    assert np.abs(eps - golden["eps_cfg_per_step"][0]).max() <= 1e-5

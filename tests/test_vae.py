@@ -148,7 +148,7 @@ def test_packaged_sdxl_config():
     assert list(vae.config.block_out_channels) == [128, 256, 512, 512]
     assert vae.config.latent_channels == contract.LATENT_CHANNELS
     assert vae.config.norm_num_groups == 32 and vae.config.layers_per_block == 2
-    assert 83_000_000 < sum(p.numel() for p in vae.parameters()) < 84_000_000  # ARCHITECTURE §11: ≈ 83.7 M
+    assert 83_000_000 < sum(p.numel() for p in vae.parameters()) < 84_000_000  # docs/model.md §9: ≈ 83.7 M
 
 
 def test_random_vae_is_seeded_and_leaves_the_global_rng_alone():

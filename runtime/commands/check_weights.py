@@ -1,7 +1,7 @@
 """`moebius-edge check-weights`: load a checkpoint strictly and print what it is.
 
 A quick verdict on a downloaded or converted ``diffusion_pytorch_model.bin`` before a long export:
-the file loads key-for-key into the model of the given config (ARCHITECTURE §7), or the command
+the file loads key-for-key into the model of the given config (docs/model.md §7), or the command
 says in one line why not (exit code 2).
 """
 from pathlib import Path
@@ -14,7 +14,7 @@ def _check_weights(args):
     require("torch", "export")
     require("safetensors", "export")
     from moebius_edge.export.checkpoint import count_parameters, load_removal_model
-    from moebius_edge.session import sha256_file
+    from moebius_edge.models import sha256_file
     from moebius_edge.export.config import PRESETS, get_config
 
     if args.config not in PRESETS and not Path(args.config).is_file():
@@ -40,5 +40,5 @@ def register(sub):
     )
     p.add_argument("file", metavar="FILE", help="checkpoint: official diffusion_pytorch_model.bin or a .safetensors")
     p.add_argument("--config", default="moebius", metavar="CFG",
-                   help="model config: a preset (moebius, tiny) or a .yaml/.json path (default: %(default)s)")
+                   help="model config: a preset (moebius, tiny) or a .yaml/.json path ")
     p.set_defaults(func=_check_weights)

@@ -17,12 +17,13 @@ def _export(args):
         unet_weights=args.unet_weights, vae_dir=args.vae, variant=args.variant,
         random_init=args.random_init, seed=args.seed, image_size=args.image_size,
         static_batch=args.static_batch, local_files_only=args.local_files_only, cache_dir=args.cache_dir)
-    parity = manifest[contract.manifest_key(contract.META_PARITY)]
+    parity_key, provenance_key = (contract.manifest_key(k) for k in (contract.META_PARITY, contract.META_PROVENANCE))
     for key, g in manifest[contract.MANIFEST_GRAPHS].items():
-        print(f"{args.out}/{g['file']}  {g['bytes'] / 2**20:8.1f} MiB  parity rel-L2 {parity[key]['rel_l2']:.2e}")
-    print(f"{args.out}/{contract.MANIFEST_FILE}  provenance {manifest['provenance']}")
+        print(f"{args.out}/{g[contract.GRAPH_FILE]}  {g[contract.GRAPH_BYTES] / 2**20:8.1f} MiB  "
+              f"parity rel-L2 {manifest[parity_key][key]['rel_l2']:.2e}")
+    print(f"{args.out}/{contract.MANIFEST_FILE}  provenance {manifest[provenance_key]}")
     if args.json:
-        print(json.dumps({k: manifest[k] for k in ("provenance", "parity", "graphs")}))
+        print(json.dumps({k: manifest[k] for k in (provenance_key, parity_key, contract.MANIFEST_GRAPHS)}))
     return 0
 
 
@@ -43,7 +44,7 @@ def register(sub):
     p.add_argument("--seed", type=int, default=0, help="seed for --random-init")
     p.add_argument("--image-size", type=int, default=None,
                    help="build a --random-init model for this image side instead of the preset's")
-    p.add_argument("--out", default="models", metavar="DIR", help="output folder")
+    p.add_argument("--out", default=contract.DEFAULT_MODELS_DIR, metavar="DIR", help="output folder")
     p.add_argument("--static-batch", action="store_true", help="fix the batch to 1 (mobile execution providers)")
     p.add_argument("--local-files-only", action="store_true", help="never contact the Hub with --variant")
     p.add_argument("--cache-dir", metavar="DIR", help="Hugging Face cache folder (HF_HOME's when omitted)")

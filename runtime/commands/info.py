@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -12,45 +13,40 @@ from moebius_edge.errors import UserError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODELS = "models"
-
 
 def register(sub):
-    from moebius_edge.commands.run import HelpFormatter
-
-    p = sub.add_parser("info", help="show the runtime, execution providers and an exported models folder",
-                       formatter_class=HelpFormatter)
+    p = sub.add_parser("info", help="show the runtime, execution providers and an exported models folder")
     p.add_argument("--models", default=None, metavar="DIR",
-                   help=f"models folder to describe [default: ./{DEFAULT_MODELS} if it exists]")
+                   help=f"models folder to describe [default: ./{contract.DEFAULT_MODELS_DIR} if it exists]")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_info)
 
 
+# Manifest fields shown per variant, under the manifest's own names.
+_SHOWN = tuple(contract.manifest_key(k) for k in (
+    contract.META_PRECISION, contract.META_CONTRACT_VERSION, contract.META_TOOLKIT_VERSION,
+    contract.META_PROVENANCE, contract.META_IMAGE_SIZE, contract.META_LATENT_SIZE,
+    contract.META_SCALING_FACTOR, contract.META_PARITY, contract.META_LICENSES))
+_PRECISION, _VERSION, _TOOLKIT, _PROVENANCE, _IMAGE, _LATENT, _SCALING, _PARITY, _LICENSES = _SHOWN
+
+
 def _variant(root: Path, precision: str) -> dict:
-    from moebius_edge.session import read_manifest
+    from moebius_edge.models import read_manifest
 
     folder = root / contract.precision_subdir(precision)
     manifest = read_manifest(folder)
     graphs = {}
     for spec in contract.GRAPHS:
         entry = (manifest.get(contract.MANIFEST_GRAPHS) or {}).get(spec.key) or {}
-        path = folder / entry.get("file", spec.file)
-        graphs[spec.key] = {"file": str(path.relative_to(root)), "bytes": entry.get("bytes"),
-                            "sha256": entry.get("sha256"), "present": path.is_file()}
-    version = manifest.get(contract.manifest_key(contract.META_CONTRACT_VERSION))
-    return {
-        "precision": manifest.get(contract.manifest_key(contract.META_PRECISION), precision),
-        "contract_version": version,
-        "compatible": str(version) == str(contract.CONTRACT_VERSION),
-        "toolkit_version": manifest.get(contract.manifest_key(contract.META_TOOLKIT_VERSION)),
-        "provenance": manifest.get(contract.manifest_key(contract.META_PROVENANCE)),
-        "image_size": manifest.get(contract.manifest_key(contract.META_IMAGE_SIZE)),
-        "latent_size": manifest.get(contract.manifest_key(contract.META_LATENT_SIZE)),
-        "vae_scaling_factor": manifest.get(contract.manifest_key(contract.META_SCALING_FACTOR)),
-        "parity": manifest.get(contract.manifest_key(contract.META_PARITY)),
-        "licenses": manifest.get(contract.manifest_key(contract.META_LICENSES)),
-        "graphs": graphs,
-    }
+        path = folder / entry.get(contract.GRAPH_FILE, spec.file)
+        graphs[spec.key] = {contract.GRAPH_FILE: os.path.relpath(path, root),
+                            contract.GRAPH_BYTES: entry.get(contract.GRAPH_BYTES),
+                            contract.GRAPH_SHA256: entry.get(contract.GRAPH_SHA256), "present": path.is_file()}
+    out = {k: manifest.get(k) for k in _SHOWN}
+    out[_PRECISION] = out[_PRECISION] or precision
+    out["compatible"] = str(out[_VERSION]) == str(contract.CONTRACT_VERSION)
+    out[contract.MANIFEST_GRAPHS] = graphs
+    return out
 
 
 # Distributions that all install the one `onnxruntime` module; two of them overwrite each other's
@@ -75,10 +71,10 @@ def installed_ort_distributions() -> list:
 def describe(models) -> dict:
     import onnxruntime as ort
 
-    from moebius_edge.session import exported_precisions
+    from moebius_edge.models import exported_precisions
 
     dists = installed_ort_distributions()
-    out = {"moebius_edge": __version__, "contract_version": contract.CONTRACT_VERSION,
+    out = {"moebius_edge": __version__, _VERSION: contract.CONTRACT_VERSION,
            "onnxruntime": ort.__version__, "onnxruntime_distributions": dists,
            "providers": list(ort.get_available_providers()), "models": None}
     if len(dists) > 1:
@@ -86,7 +82,7 @@ def describe(models) -> dict:
                     "keep one (`pip uninstall %s`, then reinstall the one you want)",
                     " and ".join(dists), " ".join(dists))
     explicit = models is not None
-    root = Path(models if explicit else DEFAULT_MODELS)
+    root = Path(models if explicit else contract.DEFAULT_MODELS_DIR)
     if not root.is_dir():
         if explicit:
             raise UserError(f"models folder not found: {root}")
@@ -106,28 +102,26 @@ def _mb(n) -> str:
 
 def _print(d: dict) -> None:
     w = sys.stdout.write
-    w(f"moebius-edge {d['moebius_edge']} (contract version {d['contract_version']}), "
-      f"onnxruntime {d['onnxruntime']}\n")
+    w(f"moebius-edge {d['moebius_edge']} (contract version {d[_VERSION]}), onnxruntime {d['onnxruntime']}\n")
     w(f"execution providers: {', '.join(d['providers'])}\n")
     m = d["models"]
     if m is None:
-        w(f"models: none in ./{DEFAULT_MODELS} (make one with `moebius-edge export`, or pass --models DIR)\n")
+        w(f"models: none in ./{contract.DEFAULT_MODELS_DIR} (make one with `moebius-edge export`, or pass --models DIR)\n")
         return
     w(f"models: {m['folder']}  precisions: {', '.join(m['precisions'])}\n")
     for p, v in m["variants"].items():
-        flag = "" if v["compatible"] else f"  INCOMPATIBLE: needs contract version {d['contract_version']}"
-        w(f"  [{p}] contract {v['contract_version']}, toolkit {v['toolkit_version']}, image "
-          f"{v['image_size']} px (latent {v['latent_size']}), VAE scaling {v['vae_scaling_factor']}{flag}\n")
-        w(f"       provenance: {v['provenance']}\n")
-        for key, g in v["graphs"].items():
-            sha = (g["sha256"] or "?")[:16]
+        flag = "" if v["compatible"] else f"  INCOMPATIBLE: needs contract version {d[_VERSION]}"
+        w(f"  [{p}] contract {v[_VERSION]}, toolkit {v[_TOOLKIT]}, image {v[_IMAGE]} px (latent {v[_LATENT]}), "
+          f"VAE scaling {v[_SCALING]}{flag}\n")
+        w(f"       provenance: {v[_PROVENANCE]}\n")
+        for key, g in v[contract.MANIFEST_GRAPHS].items():
+            sha = (g[contract.GRAPH_SHA256] or "?")[:16]
             missing = "" if g["present"] else "  MISSING"
-            w(f"       {key:<12} {g['file']:<28} {_mb(g['bytes']):>12}  sha256 {sha}…{missing}\n")
-        if v["parity"]:
-            w(f"       parity: {json.dumps(v['parity'], sort_keys=True)}\n")
-        if v["licenses"]:
-            for k, lic in v["licenses"].items():
-                w(f"       licence {k}: {lic}\n")
+            w(f"       {key:<12} {g[contract.GRAPH_FILE]:<28} {_mb(g[contract.GRAPH_BYTES]):>12}  sha256 {sha}…{missing}\n")
+        if v[_PARITY]:
+            w(f"       parity: {json.dumps(v[_PARITY], sort_keys=True)}\n")
+        for k, lic in (v[_LICENSES] or {}).items():
+            w(f"       licence {k}: {lic}\n")
 
 
 def _info(args) -> int:

@@ -1,4 +1,5 @@
 """`moebius-edge quantize`: FP16 and INT8 variants (not part of this release yet)."""
+from moebius_edge import contract
 from moebius_edge.errors import UserError
 
 
@@ -8,5 +9,5 @@ def _quantize(args):
 
 def register(sub):
     p = sub.add_parser("quantize", help="make FP16/INT8 variants of an exported models folder (not available yet)")
-    p.add_argument("--models", default="models", help="models folder written by `moebius-edge export`")
+    p.add_argument("--models", default=contract.DEFAULT_MODELS_DIR, help="models folder written by `moebius-edge export`")
     p.set_defaults(func=_quantize)

@@ -10,7 +10,6 @@ atomically, and nothing is written when something fails.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -22,24 +21,12 @@ from moebius_edge.errors import UserError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODELS = "models"
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except for flags and options whose absence is the default."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False) or "default:" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
 
 def register(sub):
     p = sub.add_parser(
         "run", help="inpaint a photo (or a folder of photos) where a mask is painted",
         description="Fill the masked part of a photo with the Moebius model on ONNX Runtime. The photo "
-        "keeps its size, orientation and metadata; only the hole changes.",
-        formatter_class=HelpFormatter)
+        "keeps its size, orientation and metadata; only the hole changes.")
     p.add_argument("image", metavar="IMAGE", help="photo (JPEG/PNG/WebP/TIFF), or a folder of photos")
     p.add_argument("mask", metavar="MASK", nargs="?",
                    help="mask painted over the photo as displayed: white (≥ 128) = fill")
@@ -48,36 +35,37 @@ def register(sub):
                         "[default: <stem>.inpainted.<ext> beside the input]")
     p.add_argument("--masks", metavar="DIR_OR_MASK",
                    help="batch mode: folder of masks paired with the photos by file stem, or one mask for all")
-    p.add_argument("--models", default=DEFAULT_MODELS, metavar="DIR", help="models folder from `moebius-edge export`")
+    p.add_argument("--models", default=contract.DEFAULT_MODELS_DIR, metavar="DIR", help="models folder from `moebius-edge export`")
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=int, default=contract.DEFAULT_STEPS, help="DDIM steps (before strength)")
     g.add_argument("--guidance", type=float, default=contract.DEFAULT_GUIDANCE, help="classifier-free guidance scale")
     g.add_argument("--strength", type=float, default=contract.DEFAULT_STRENGTH,
                    help="fraction of the schedule to run (0.99: 19 of 20 steps, from t = 900)")
-    g.add_argument("--seed", type=int, default=0, help="seed of numpy's default_rng for the noise")
+    g.add_argument("--seed", type=int, default=contract.DEFAULT_SEED, help="seed of numpy's default_rng for the noise")
     g.add_argument("--noise-file", metavar="F.npz",
                    help="inject the four noise tensors (eps_posterior_image, eps_posterior_masked, "
                         "noise_base, noise_offset_draw at the native latent size) instead of drawing them; "
                         "single-crop runs only")
     m = p.add_argument_group("mask")
-    m.add_argument("--mask-channel", choices=("auto", "alpha", "luminance"), default="auto",
+    m.add_argument("--mask-channel", choices=contract.MASK_CHANNELS, default=contract.MASK_CHANNELS[0],
                    help="which channel is the mask; auto: alpha if the mask has transparency, else luminance")
     m.add_argument("--invert-mask", action="store_true", help="black = fill instead of white = fill")
     m.add_argument("--dilate", type=int, default=0, metavar="N", help="grow the hole by N pixels")
-    m.add_argument("--margin", type=float, default=0.25,
-                   help="context around the hole, as a fraction of the hole's longer side (at least 32 px)")
+    m.add_argument("--margin", type=float, default=contract.DEFAULT_MARGIN,
+                   help="context around the hole, as a fraction of the hole's longer side (at least "
+                        f"{contract.DEFAULT_MIN_MARGIN} px)")
     m.add_argument("--allow-empty-mask", action="store_true",
                    help="a mask without a hole copies the input instead of failing")
     r = p.add_argument_group("runtime")
-    r.add_argument("--precision", choices=contract.PRECISIONS, default="fp32", help="graph variant")
-    r.add_argument("--provider", choices=("auto", "cpu", "cuda", "coreml", "nnapi", "xnnpack"), default="auto",
+    r.add_argument("--precision", choices=contract.PRECISIONS, default=contract.PRECISIONS[0], help="graph variant")
+    r.add_argument("--provider", choices=contract.PROVIDER_CHOICES, default=contract.PROVIDER_CHOICES[0],
                    help="execution provider (falls back to CPU)")
     r.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's choice)")
     r.add_argument("--low-memory", action="store_true", help="turn off ORT's memory arena (less RAM, slower)")
-    r.add_argument("--max-pixels", type=float, default=50e6,
+    r.add_argument("--max-pixels", type=float, default=contract.DEFAULT_MAX_PIXELS,
                    help="refuse larger images (protects against decompression bombs)")
     o = p.add_argument_group("output")
-    o.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
+    o.add_argument("--quality", type=int, default=contract.DEFAULT_QUALITY, help="JPEG/WebP quality")
     o.add_argument("-f", "--force", action="store_true", help="overwrite an existing output file")
     o.add_argument("--json", action="store_true", help="print machine-readable results and timings on stdout")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -175,7 +163,7 @@ class _Runner:
 
     def one(self, image_path: Path, mask_path: Path, out: Path, *, step_bar: bool) -> dict:
         """Inpaint one pair and write the result; returns the --json record."""
-        from moebius_edge import imageio
+        from moebius_edge import imageio, masks
 
         a = self.args
         t0 = time.perf_counter()
@@ -185,7 +173,7 @@ class _Runner:
         h, w = photo.rgb.shape[:2]
         raw = imageio.read_mask(mask_path, (w, h), channel=a.mask_channel, invert=a.invert_mask,
                                 max_pixels=max_pixels)
-        hole = imageio.dilate(imageio.binarize(raw), a.dilate)
+        hole = masks.dilate(masks.binarize(raw), a.dilate)
         record = {"input": str(image_path), "mask": str(mask_path), "output": str(out), "size": [w, h]}
         if not hole.any():
             if not a.allow_empty_mask:
