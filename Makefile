@@ -6,10 +6,26 @@ PYTEST_ARGS ?=
 
 .PHONY: setup test test-slow export quantize bench demo clean
 
+# torch's CPU wheels. From plain PyPI, torch is the CUDA build plus ~3 GB of nvidia packages, so
+# `setup` first installs the export extra's torch pin with this extra index. Empty (`make setup
+# TORCH_INDEX=`) skips that step: machines that cannot reach the index, or that already have the
+# CPU wheel through their own pip configuration (find-links, a mirror), as our CI does.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# The pin, written once, in pyproject.toml's export extra (e.g. "torch==2.13.0", quotes included).
+TORCH_REQUIREMENT = $(shell grep -o '"torch==[^"]*"' pyproject.toml)
+
+# PYTHONWARNINGS: setuptools announces every editable install of a package-dir mapping (runtime/ ->
+# moebius_edge) with a 9-line "Editable installation." notice (class InformationOnly) that no
+# setting turns off. It warns of a folder named moebius_edge in the working tree, which this
+# layout never has, so the install command drops that one notice, by its opening words.
 setup:
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[export,quantize,dev]"
+ifneq ($(strip $(TORCH_INDEX)),)
+	$(if $(TORCH_REQUIREMENT),,$(error pyproject.toml has no "torch==VERSION" pin for the TORCH_INDEX step))
+	$(PY) -m pip install -q --timeout 10 --retries 1 --extra-index-url $(TORCH_INDEX) $(TORCH_REQUIREMENT)
+endif
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[export,quantize,dev]"
 
 test:
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
@@ -32,7 +48,7 @@ bench:
 	$(PY) benchmarks/runtime.py --models $(BENCH_MODELS)
 
 demo:
-	$(PY) benchmarks/demo.py
+	$(PY) examples/demo.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

@@ -129,9 +129,11 @@ class ModelsFolder:
 
 
 def _resolve_in(root: Path, folder: Path, name) -> Path:
-    """``folder / name``, refused when it leaves the models folder (a manifest is data, not trust)."""
-    path = (folder / str(name)).resolve()
-    if not path.is_relative_to(root.resolve()):
+    """``folder / name``, refused when it leaves the models folder (a manifest is data, not trust).
+    Symbolic links are not followed for the check: a Hugging Face cache snapshot is a folder of
+    links into the cache's blob store."""
+    path = Path(os.path.normpath(os.path.abspath(folder / str(name))))
+    if not path.is_relative_to(os.path.normpath(os.path.abspath(root))):
         raise UserError(f"{folder / contract.MANIFEST_FILE} points outside the models folder: {name}")
     return path
 

@@ -17,10 +17,12 @@ HEAVY = ("torch", "diffusers", "onnx", "onnxsim", "onnxscript", "safetensors", "
 # import their extras lazily, inside the command, through `commands.require`).
 BASE_MODULES = ("moebius_edge", "moebius_edge.cli", "moebius_edge.contract", "moebius_edge.errors",
                 "moebius_edge.scheduler", "moebius_edge.imageio", "moebius_edge.crop", "moebius_edge.session",
+                "moebius_edge.models", "moebius_edge.masks", "moebius_edge.hub",
                 "moebius_edge.pipeline", "moebius_edge.commands.run", "moebius_edge.commands.info")
 # Files under runtime/ whose function-level imports are checked too (everything `run` executes).
 CORE_FILES = ("__init__.py", "cli.py", "contract.py", "errors.py", "scheduler.py", "imageio.py", "crop.py",
-              "session.py", "pipeline.py", "commands/__init__.py", "commands/run.py", "commands/info.py")
+              "session.py", "models.py", "masks.py", "pipeline.py", "commands/__init__.py", "commands/run.py",
+              "commands/info.py")
 
 
 def test_importing_the_runtime_imports_no_heavy_package():
@@ -33,6 +35,33 @@ def test_importing_the_runtime_imports_no_heavy_package():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_models_module_and_quantize_package_work_with_torch_blocked(tmp_path):
+    """quantize and bundle write models folders through moebius_edge.models: it must work where
+    importing torch fails outright, not merely where torch is not imported."""
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {HEAVY[:1]!r}: raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import json, pathlib\n"
+        "from moebius_edge import models, contract\n"
+        "import moebius_edge.quantize\n"
+        f"folder = pathlib.Path({str(tmp_path)!r})\n"
+        "(folder / 'g.onnx').write_bytes(b'x' * 10)\n"
+        "entry = models.graph_entry(folder / 'g.onnx', folder)\n"
+        "models.write_manifest(folder, {contract.MANIFEST_GRAPHS: {'g': entry}})\n"
+        "print(json.dumps(models.read_manifest(folder)))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    from moebius_edge import contract
+
+    entry = json.loads(proc.stdout)[contract.MANIFEST_GRAPHS]["g"]
+    assert entry[contract.GRAPH_BYTES] == 10 and len(entry[contract.GRAPH_SHA256]) == 64
 
 
 def _declared_base_dependencies() -> set:

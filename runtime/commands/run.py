@@ -35,7 +35,10 @@ def register(sub):
                         "[default: <stem>.inpainted.<ext> beside the input]")
     p.add_argument("--masks", metavar="DIR_OR_MASK",
                    help="batch mode: folder of masks paired with the photos by file stem, or one mask for all")
-    p.add_argument("--models", default=contract.DEFAULT_MODELS_DIR, metavar="DIR", help="models folder from `moebius-edge export`")
+    p.add_argument("--models", default=contract.DEFAULT_MODELS_DIR, metavar="DIR|REPO",
+                   help="models folder from `moebius-edge export`, or a Hugging Face repo holding one: "
+                        "owner/name[@revision] or hf://owner/name[@revision] (an existing local folder wins; "
+                        "needs the hub extra)")
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=int, default=contract.DEFAULT_STEPS, help="DDIM steps (before strength)")
     g.add_argument("--guidance", type=float, default=contract.DEFAULT_GUIDANCE, help="classifier-free guidance scale")
@@ -152,12 +155,13 @@ class _Runner:
     @property
     def inpainter(self):
         if self._inpainter is None:
+            from moebius_edge.hub import resolve_models
             from moebius_edge.pipeline import Inpainter
 
             t = time.perf_counter()
             a = self.args
-            self._inpainter = Inpainter.from_models(a.models, a.precision, a.provider, threads=a.threads,
-                                                    low_memory=a.low_memory)
+            self._inpainter = Inpainter.from_models(resolve_models(a.models), a.precision, a.provider,
+                                                    threads=a.threads, low_memory=a.low_memory)
             self.verify_seconds = time.perf_counter() - t
         return self._inpainter
 
