@@ -20,7 +20,7 @@ from pathlib import Path
 
 from moebius_edge import contract
 from moebius_edge.errors import UserError
-from moebius_edge.hub import cache_dir_text, offline_reason
+from moebius_edge.hub import cache_dir_text, download_error, offline_reason
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +63,11 @@ def _fetch(repo_id: str, filename: str, *, variant: str, cache_dir, offline: str
             "with `make demo`") from None
     except errors.RemoteEntryNotFoundError:
         return None
-    except errors.RevisionNotFoundError:
-        raise UserError(f"{repo_id} has no revision {revision!r} on the Hub") from None
-    except errors.GatedRepoError:
-        raise UserError(f"{repo_id} is gated: accept its terms on huggingface.co and log in "
-                        "(`hf auth login` or HF_TOKEN)") from None
-    except errors.RepositoryNotFoundError:
-        raise UserError(f"{repo_id} was not found on the Hub (or is private: log in with `hf auth login`)") from None
-    except errors.HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", "?")
-        raise UserError(f"downloading {what} failed (HTTP {status}); run the command again to resume") from None
-    except errors.HTTPError as e:  # the HTTP client's own errors: connection lost mid-download
-        raise UserError(f"downloading {what} failed ({type(e).__name__}: {e}); run the command again "
-                        "to resume") from None
-    except OSError as e:  # disk full, cache folder not writable
-        raise UserError(f"downloading {what} into {cache_dir_text(cache_dir)} failed: "
-                        f"{e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001 - mapped to one line, or re-raised as it is
+        mapped = download_error(e, repo_id, revision, what, cache_dir, not_found=f"{repo_id} was not found on the Hub")
+        if mapped is None:
+            raise
+        raise mapped from None
 
 
 def _check_variant(variant: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import sys
 
@@ -68,6 +69,13 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     root.propagate = False
 
 
+def _json_error(args, message: str, exit_code: int) -> None:
+    """With --json, a failure is also an object on stdout, so that a script reading stdout
+    always gets JSON (the stderr line stays for people)."""
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message, "exit_code": exit_code}))
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -79,9 +87,11 @@ def main(argv=None) -> int:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"moebius-edge {args.command}: error: {e}", file=sys.stderr)
+        _json_error(args, str(e), e.exit_code)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"moebius-edge {args.command}: interrupted", file=sys.stderr)
+        _json_error(args, "interrupted", 130)
         return 130
     except BrokenPipeError:  # `moebius-edge ... | head`: the reader left, not an error of ours
         sys.stderr.close()

@@ -202,6 +202,17 @@ GRAPH_SHA256 = "sha256"
 GRAPH_BYTES = "bytes"
 GRAPH_EXTERNAL_DATA = "external_data"
 
+# Quantized variants (docs/contract.md §5): written by `quantize` beside a variant's manifest, read
+# by `info`, the runtime and benchmarks. The manifest records the quality gate's verdict, so that
+# `run` can warn about a variant whose gate was only advisory (random-init weights).
+QUANTIZE_RECIPE_FILE = "recipe.json"  # the recipe that reproduces the variant (`quantize --recipe`)
+QUANTIZE_REPORT_FILE = "report.json"  # every figure measured against the FP32 graphs
+QUANTIZE_REPORT_MD = "report.md"  # the same for people
+MANIFEST_QUANTIZE_GATE = "quantize_gate"  # variants: {GATE_STATUS: ..., thresholds, checks, ...}
+GATE_STATUS = "status"
+GATE_PASSED = "passed"  # every check passed and the gate was enforced
+GATE_ADVISORY = "advisory"  # random-init weights: figures printed, not enforced, variant kept
+
 LICENSES = {
     "moebius_code": "Apache-2.0 (hustvl/Moebius)",
     "moebius_weights": "Apache-2.0 (hustvl/Moebius on the Hugging Face Hub)",

@@ -207,7 +207,8 @@ def resize_image(image: np.ndarray, size: tuple) -> np.ndarray:
 
 
 def resize_area(gray: np.ndarray, size: tuple) -> np.ndarray:
-    """A single-channel uint8 array resized with the area filter in both directions; ``size`` is (W, H)."""
+    """A single-channel uint8 or float32 array resized with the area filter in both directions;
+    ``size`` is (W, H)."""
     im = _resize_axis(Image.fromarray(gray), size, Image.Resampling.BOX, Image.Resampling.BOX)
     return np.asarray(im)
 

@@ -112,6 +112,31 @@ def cache_dir_text(cache_dir) -> str:
     return str(Path(cache_dir).expanduser()) if cache_dir is not None else constants.HF_HUB_CACHE
 
 
+def download_error(e: Exception, repo_id: str, revision, what: str, cache_dir, *, not_found: str):
+    """The one-line ``UserError`` for a huggingface_hub download failure, shared with
+    ``moebius_edge.export.hub``; None for an exception that is not a download failure (a
+    ``ValueError`` here is huggingface_hub's validation of a repo id the caller explains itself).
+    ``LocalEntryNotFoundError`` (not cached) is the caller's: its ways forward differ."""
+    from huggingface_hub import errors
+
+    # Most specific first: GatedRepoError < RepositoryNotFoundError < HfHubHTTPError.
+    if isinstance(e, errors.RevisionNotFoundError):
+        return UserError(f"{repo_id} has no revision {revision!r} on the Hub")
+    if isinstance(e, errors.GatedRepoError):
+        return UserError(f"{repo_id} is gated: accept its terms on huggingface.co and log in "
+                         "(`hf auth login` or HF_TOKEN)")
+    if isinstance(e, errors.RepositoryNotFoundError):
+        return UserError(f"{not_found} (or it is private: log in with `hf auth login`)")
+    if isinstance(e, errors.HfHubHTTPError):
+        status = getattr(getattr(e, "response", None), "status_code", "?")
+        return UserError(f"downloading {what} failed (HTTP {status}); run the command again to resume")
+    if isinstance(e, errors.HTTPError):  # the HTTP client's own errors: connection lost mid-download
+        return UserError(f"downloading {what} failed ({type(e).__name__}: {e}); run the command again to resume")
+    if isinstance(e, OSError):  # disk full, cache folder not writable
+        return UserError(f"downloading {what} into {cache_dir_text(cache_dir)} failed: {e.strerror or e}")
+    return None
+
+
 def resolve_models(spec: str, *, local_files_only: bool = False, cache_dir=None) -> Path:
     """The local models folder that ``spec`` names: an existing local path as it is, or the
     cached snapshot of a Hub repository (downloaded when missing, unless offline). See the module
@@ -149,23 +174,12 @@ def resolve_models(spec: str, *, local_files_only: bool = False, cache_dir=None)
         raise UserError(f"{subject} is not in the Hugging Face cache ({cache_dir_text(cache_dir)}) and {offline}: "
                         f"fetch it where the Hub is reachable (`hf download {repo_id}`), then copy that Hugging "
                         "Face cache here (or point HF_HOME at it), or give a local models folder") from None
-    except errors.RevisionNotFoundError:
-        raise UserError(f"{repo_id} has no revision {revision!r} on the Hub") from None
-    except errors.GatedRepoError:
-        raise UserError(f"{repo_id} is gated: accept its terms on huggingface.co and log in "
-                        "(`hf auth login` or HF_TOKEN)") from None
-    except errors.RepositoryNotFoundError:
-        raise UserError(f"{subject} is not a repository on the Hugging Face Hub (or it is private: log in "
-                        "with `hf auth login`)") from None
-    except errors.HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", "?")
-        raise UserError(f"downloading {what} failed (HTTP {status}); run again to resume") from None
-    except errors.HTTPError as e:  # the HTTP client's own errors: connection lost mid-download
-        raise UserError(f"downloading {what} failed ({type(e).__name__}: {e}); run again to resume") from None
-    except ValueError:  # HFValidationError: a shape the regex lets through ("a--b/c", "a/b.")
-        raise UserError(f"{text} is neither a local folder nor a valid Hugging Face repo id") from None
-    except OSError as e:  # disk full, cache folder not writable
-        raise UserError(f"downloading {what} into {cache_dir_text(cache_dir)} failed: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001 - mapped to one line, or re-raised as it is
+        mapped = download_error(e, repo_id, revision, what, cache_dir,
+                                not_found=f"{subject} is not a repository on the Hugging Face Hub")
+        if mapped is None and not isinstance(e, ValueError):
+            raise
+        raise mapped or UserError(f"{text} is neither a local folder nor a valid Hugging Face repo id") from None
     if not (folder / contract.MANIFEST_FILE).is_file():
         raise UserError(f"the Hugging Face repository {what} has no {contract.MANIFEST_FILE} at its top "
                         f"({folder}): it is not a models folder written by `moebius-edge export`")

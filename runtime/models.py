@@ -10,7 +10,9 @@ the folder has one reader and one writer:
   is still the one beside it); ``ModelsFolder.verify`` hashes every file against the manifest;
 * writing: ``graph_entry`` describes a graph file (and its external-data sidecar) for a
   manifest, ``write_manifest`` writes one atomically, ``replace_folder`` swaps a staged variant
-  folder into place, ``purge_variants`` removes the variants of a replaced FP32 export.
+  folder into place, ``purge_variants`` removes the variants of a replaced FP32 export;
+  ``variant_manifest`` and ``publish_variant`` are what ``quantize`` writes a variant with (its
+  manifest also carries the quality gate's verdict, ``ModelsFolder.quantize_gate``).
 
 A variant may keep a graph unchanged (e.g. an FP32 VAE in the int8 folder): its manifest then
 references the FP32 file (``"../vae_decoder.onnx"``) instead of holding a copy.
@@ -93,6 +95,19 @@ class ModelsFolder:
     @property
     def provenance(self) -> str:
         return str(self.get(contract.META_PROVENANCE, ""))
+
+    @property
+    def quantize_gate(self) -> dict | None:
+        """A variant's quality-gate record (``contract.MANIFEST_QUANTIZE_GATE``); None for fp32."""
+        gate = self.manifest.get(contract.MANIFEST_QUANTIZE_GATE)
+        return gate if isinstance(gate, dict) else None
+
+    @property
+    def gate_advisory(self) -> bool:
+        """True for a variant whose gate was not enforced (random-init weights): its quality
+        figures were printed, not checked."""
+        gate = self.quantize_gate
+        return gate is not None and gate.get(contract.GATE_STATUS) == contract.GATE_ADVISORY
 
     @property
     def alphas_cumprod(self) -> np.ndarray:
@@ -290,12 +305,42 @@ def replace_folder(staged: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def variant_manifest(fp32: ModelsFolder, precision: str, folder, graphs: dict, extra: dict | None = None) -> dict:
+    """The manifest of a variant being written in ``folder`` (a staging folder directly inside
+    the models folder, or the variant's own sub-folder): the FP32 manifest with the variant's
+    precision, ``source_graphs`` (the SHA-256 of the FP32 graphs it was made from), a graph entry
+    for each file in ``graphs`` ({key: path in ``folder``}) and, for every graph not in
+    ``graphs``, a reference to the unchanged FP32 file (``"../vae_decoder.onnx"``, not a copy)."""
+    if precision == "fp32" or precision not in contract.PRECISIONS:
+        raise ValueError(f"not a variant precision: {precision!r}")
+    folder = Path(folder)
+    manifest = {k: v for k, v in fp32.manifest.items() if k != contract.MANIFEST_QUANTIZE_GATE}
+    manifest[contract.manifest_key(contract.META_PRECISION)] = precision
+    manifest[contract.MANIFEST_SOURCE_GRAPHS] = source_digests(fp32.manifest)
+    manifest[contract.MANIFEST_GRAPHS] = {
+        spec.key: graph_entry(graphs[spec.key] if spec.key in graphs else fp32.graph_path(spec), folder)
+        for spec in contract.GRAPHS}
+    manifest.update(extra or {})
+    return manifest
+
+
+def publish_variant(staged, root, precision: str) -> Path:
+    """Swap a complete staged variant folder (written with ``staging_folder(root, ...)`` and
+    ``variant_manifest``) into ``root/<precision>`` by renames; returns the new folder."""
+    dest = Path(root) / contract.precision_subdir(precision)
+    if dest == Path(root):
+        raise ValueError("the fp32 graphs are not a variant")
+    replace_folder(Path(staged), dest)
+    return dest
+
+
 def purge_variants(root) -> list:
-    """Remove the quantized variants under ``root`` (their FP32 source is being replaced)."""
+    """Remove the quantized variants under ``root`` (their FP32 source is being replaced). Only
+    folders that hold a manifest are variants: a user's own ``fp16/`` folder is left alone."""
     removed = []
     for precision in contract.PRECISIONS:
         sub = contract.precision_subdir(precision)
-        if sub and (Path(root) / sub).is_dir():
+        if sub and (Path(root) / sub / contract.MANIFEST_FILE).is_file():
             shutil.rmtree(Path(root) / sub)
             removed.append(precision)
     if removed:

@@ -46,7 +46,8 @@ class Cancelled(Exception):
 class RunInfo:
     """What the last ``inpaint`` call did, for --json and benchmarks."""
 
-    crops: list = field(default_factory=list)  # [{"box": [x0, y0, x1, y1], "squashed": bool}]
+    fidelity: str = contract.DEFAULT_FIDELITY  # mask and paste-back rules used (docs/pipeline.md §3)
+    crops: list = field(default_factory=list)  # [{"box": [x0, y0, x1, y1], "squashed": bool, "coverage": {...}}]
     steps: int = 0  # model evaluations per crop
     seconds: dict = field(default_factory=dict)  # phase -> wall seconds
     providers: dict = field(default_factory=dict)  # graph key -> execution provider that ran
@@ -130,6 +131,9 @@ class Inpainter:
         if isinstance(providers, list):
             providers = tuple(providers)  # SessionConfig is frozen and hashable
         config = SessionConfig(provider=providers, threads=threads, low_memory=low_memory)
+        if models.gate_advisory:
+            log.warning("the %s variant of %s was made from random-init weights: its quality gate was advisory, "
+                        "not enforced (see %s)", precision, models.root, models.folder / contract.QUANTIZE_REPORT_MD)
         return cls(models, config, keep_sessions=keep_sessions)
 
     @property
@@ -159,11 +163,13 @@ class Inpainter:
                 steps: int = contract.DEFAULT_STEPS, guidance: float = contract.DEFAULT_GUIDANCE,
                 strength: float = contract.DEFAULT_STRENGTH, noise=None, progress=None, dilate: int = 0,
                 margin: float = contract.DEFAULT_MARGIN, min_margin: int = contract.DEFAULT_MIN_MARGIN,
-                separate: bool = True) -> np.ndarray:
+                separate: bool = True, fidelity: str = contract.DEFAULT_FIDELITY) -> np.ndarray:
         """Fill the hole of ``image`` (H, W, 3) uint8 RGB where ``mask`` (H, W) uint8 is ≥ 128
         (or where a bool ``mask`` is True: an already binarised hole).
 
         Returns a new (H, W, 3) uint8 image; outside the feathered hole it equals ``image``.
+        ``fidelity``: "complete" (default) replaces every pixel of the hole, however thin;
+        "official" keeps the reference pipeline's mask rules bit for bit (docs/pipeline.md §3).
         ``noise``: the four ``NOISE_KEYS`` tensors at the native latent size instead of drawing
         them from ``seed`` (single-crop runs only). ``progress(done, total)`` is called after every
         model step; returning False cancels with ``Cancelled``.
@@ -174,11 +180,23 @@ class Inpainter:
             raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
         if mask.dtype not in (np.uint8, np.bool_) or mask.shape != image.shape[:2]:
             raise ValueError(f"mask must be uint8 or bool (H, W) = {image.shape[:2]}, got {mask.dtype} {mask.shape}")
+        if fidelity not in contract.FIDELITY_MODES:
+            raise UserError(f"unknown fidelity {fidelity!r}; choose one of {', '.join(contract.FIDELITY_MODES)}")
+        # NaN or ∞ would fail nowhere: they would quietly turn the hole black (issue 9).
+        if not np.isfinite(guidance):
+            raise ValueError(f"guidance must be a finite number, got {guidance}")
+        if not (np.isfinite(margin) and margin >= 0):
+            raise ValueError(f"margin must be a finite number ≥ 0, got {margin}")
+        if not 0 <= dilate <= max(image.shape[:2]):  # the dilation disc grows as dilate²
+            raise ValueError(f"dilate must be between 0 and the image's longer side ({max(image.shape[:2])} px), "
+                             f"got {dilate}")
+        if noise is None and not (isinstance(seed, (int, np.integer)) and seed >= 0):
+            raise ValueError(f"seed must be an integer ≥ 0 (numpy's generator), got {seed!r}")
         try:
             schedule = DDIMSchedule.create(self.models.alphas_cumprod, steps, strength)
         except ValueError as e:
             raise UserError(str(e)) from None
-        info = RunInfo(steps=len(schedule))
+        info = RunInfo(steps=len(schedule), fidelity=fidelity)
         self.last_run = info
         t0 = time.perf_counter()
 
@@ -200,10 +218,10 @@ class Inpainter:
             tile = cropping.extract(image, c.box)
             tile_mask = cropping.extract(group, c.box)
             native_img = cropping.resize_image(tile, (n, n))
-            native_mask = masks.to_model(tile_mask, (n, n))
+            native_mask = masks.to_model(tile_mask, (n, n), fidelity)
             if not native_mask.any():
-                log.warning("hole at %s is too thin to survive the resize to %d px; try --dilate",
-                            [c.hole.x0, c.hole.y0, c.hole.x1, c.hole.y1], n)
+                log.warning("hole at %s is too thin to survive the resize to %d px; use --fidelity complete "
+                            "or --dilate", [c.hole.x0, c.hole.y0, c.hole.x1, c.hole.y1], n)
             jobs.append(_Job(crop=c, image=native_img, hole=native_mask,
                              noise=check_noise(noise, lat) if noise is not None else draw_noise(rng, lat)))
             info.crops.append({"box": [c.box.x0, c.box.y0, c.box.x1, c.box.y1], "squashed": c.squashed})
@@ -216,14 +234,18 @@ class Inpainter:
         t = time.perf_counter()
         out = image.copy()
         h, w = image.shape[:2]
-        for job in jobs:
+        for record, job in zip(info.crops, jobs):
             c = job.crop
             region = c.region(w, h)
             back = cropping.resize_back(job.result, (c.box.w, c.box.h))
             back = back[region.y0 - c.box.y0:region.y1 - c.box.y0, region.x0 - c.box.x0:region.x1 - c.box.x0]
             group = np.isin(labels[region.slices], c.labels) if len(jobs) > 1 else hole[region.slices]
-            feathered = masks.feather(group, cropping.paste_radius(c.box, n))
+            feathered = masks.feather(group, cropping.paste_radius(c.box, n), fidelity)
             out[region.slices] = cropping.blend(back, out[region.slices], feathered)
+            report = masks.coverage_report(group, job.hole, feathered, (c.box.w, c.box.h),
+                                           (region.x0 - c.box.x0, region.y0 - c.box.y0))
+            record["coverage"] = report
+            _log_coverage(report, fidelity, [c.hole.x0, c.hole.y0, c.hole.x1, c.hole.y1])
         info.seconds["paste"] = time.perf_counter() - t
         info.seconds["total"] = time.perf_counter() - t0
         info.providers = {k: g.provider for k, g in self.graphs.items() if g.provider}
@@ -286,6 +308,22 @@ class Inpainter:
         self._done_with(dec.spec.key)
         info.seconds["decoder_load"] = dec.load_seconds - load0
         info.seconds["decode"] = time.perf_counter() - t - info.seconds["decoder_load"]
+
+
+def _log_coverage(r: dict, fidelity: str, where: list) -> None:
+    """Say how much the hole was grown for the model, and warn with numbers when part of the
+    user's hole may come back unfilled."""
+    if r["hole_native_px"] and r["model_native_px"] > 1.5 * r["hole_native_px"]:
+        log.info("hole at %s grown for the model from %.0f to %d native px (thin strokes widened to whole "
+                 "8×8 latent cells)", where, r["hole_native_px"], r["model_native_px"])
+    if fidelity == "complete":
+        if r["unseen_px"] or r["underweight_px"]:  # the rules above should make both 0
+            log.warning("hole at %s: %d of %d px outside the model's latent mask, %d pasted at weight < 1",
+                        where, r["unseen_px"], r["hole_px"], r["underweight_px"])
+    elif r["unseen_px"] >= 0.25 * r["hole_px"]:
+        log.warning("hole at %s: %d of %d px (%.0f%%) lie in latent cells the model is not told to fill, so "
+                    "they may keep the original (official mask rules); use --fidelity complete", where,
+                    r["unseen_px"], r["hole_px"], 100.0 * r["unseen_px"] / max(r["hole_px"], 1))
 
 
 def load_noise_file(path) -> dict:

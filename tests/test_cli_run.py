@@ -77,12 +77,14 @@ def test_cli_without_torch_reproduces_the_golden(tiny_models_dir, golden, tmp_pa
             "sys.exit(rc)\n")
     proc = subprocess.run(
         [sys.executable, "-c", code, "run", str(tmp_path / "img.png"), str(tmp_path / "mask.png"),
-         "--models", str(tiny_models_dir), "--noise-file", str(DATA / "pipeline_case.npz"), "--json"],
+         "--models", str(tiny_models_dir), "--noise-file", str(DATA / "pipeline_case.npz"), "--json",
+         "--fidelity", "official"],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
     assert record["output"] == str(tmp_path / "img.inpainted.png")
     assert record["steps"] == 19 and record["seconds"]["total"] > 0 and "denoise" in record["seconds"]
+    assert record["fidelity"] == "official" and record["crops"][0]["coverage"]["unseen_px"] > 0
     assert "running on CPUExecutionProvider" in proc.stderr
     out = np.asarray(Image.open(tmp_path / "img.inpainted.png"))
     diff = np.abs(out.astype(int) - golden["output_u8"])
@@ -377,3 +379,148 @@ def test_info_warns_when_two_onnxruntime_builds_are_installed(tiny_models_dir, c
     monkeypatch.setattr(info, "installed_ort_distributions", lambda: ["onnxruntime"])
     assert cli.main(["info", "--models", str(tiny_models_dir)]) == 0
     assert "keep one" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 9 §1: inputs are never harmed, and work is not wasted
+
+
+@pytest.mark.parametrize("spelling", ["mask", "dotdot", "symlink", "hardlink", "photo-hardlink", "noise-file"])
+def test_force_never_replaces_an_input(tiny_models_dir, pair, capsys, spelling):
+    import os
+    import shutil
+
+    photo, mask = pair
+    d = photo.parent
+    target, extra = mask, []
+    if spelling == "mask":
+        out = mask
+    elif spelling == "dotdot":
+        (d / "sub").mkdir()
+        out = d / "sub" / ".." / "mask.png"
+    elif spelling == "symlink":
+        out = d / "link.png"
+        out.symlink_to(mask)
+    elif spelling == "hardlink":
+        out = d / "hard.png"
+        os.link(mask, out)
+    elif spelling == "photo-hardlink":
+        target, out = photo, d / "hard.png"
+        os.link(photo, out)
+    else:  # an .npz named like an image: np.load reads it by its content
+        target = out = d / "noise.png"
+        shutil.copyfile(DATA / "pipeline_case.npz", out)
+        extra = ["--noise-file", out]
+    before = target.read_bytes()
+    rc, _, err = run(capsys, photo, mask, "--models", tiny_models_dir, "--steps", 2, "-o", out, "--force", *extra)
+    assert rc == 2 and "input" in _error_line(err)
+    assert target.read_bytes() == before and out.samefile(target)
+    assert not [p for p in d.iterdir() if p.name.startswith(".")]
+
+
+def test_output_folder_is_checked_before_the_models_open(pair, tmp_path, capsys, monkeypatch):
+    import os
+
+    photo, mask = pair
+    nope = tmp_path / "no-models"
+    rc, _, err = run(capsys, photo, mask, "--models", nope, "-o", tmp_path / "missing" / "out.png")
+    assert rc == 2 and "missing" in (line := _error_line(err)) and "does not exist" in line
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **kw: False if Path(p) == readonly else real(p, mode, *a, **kw))
+    rc, _, err = run(capsys, photo, mask, "--models", nope, "-o", readonly / "out.png")
+    assert rc == 2 and "not writable" in _error_line(err)
+    (tmp_path / "afile").write_text("x")
+    rc, _, err = run(capsys, photo, mask, "--models", nope, "-o", tmp_path / "afile" / "out.png")
+    assert rc == 2 and "models folder not found" not in _error_line(err)
+    assert not (tmp_path / "missing").exists() and not list(readonly.iterdir())
+
+
+def _batch_folders(tmp_path, names=("a", "b", "c")):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for i, name in enumerate(names):
+        Image.fromarray(_photo(100, 140, seed=i)).save(images / f"{name}.png")
+        Image.fromarray(_mask(100, 140, (30, 30, 60, 60))).save(masks / f"{name}.png")
+    return images, masks
+
+
+@pytest.mark.parametrize("spelling", ["same", "symlink"])
+def test_batch_output_folder_is_never_the_masks_folder(tiny_models_dir, tmp_path, capsys, spelling):
+    images, masks = _batch_folders(tmp_path)
+    before = {p.name: p.read_bytes() for p in masks.iterdir()}
+    outdir = masks
+    if spelling == "symlink":
+        outdir = tmp_path / "link"
+        outdir.symlink_to(masks, target_is_directory=True)
+    rc, _, err = run(capsys, images, "--masks", masks, "-o", outdir, "--models", tiny_models_dir, "--steps", 2,
+                     "--force")
+    assert rc == 2 and "masks folder" in _error_line(err)
+    assert {p.name: p.read_bytes() for p in masks.iterdir()} == before
+
+
+def test_batch_checks_every_pair_before_the_first_inference(tiny_models_dir, tmp_path, capsys, monkeypatch):
+    from moebius_edge import pipeline
+
+    images, masks = _batch_folders(tmp_path)
+    (masks / "c.png").unlink()  # c: no mask
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    (outdir / "b.png").write_bytes(b"a previous result")  # b: exists, no --force
+    original = pipeline.Inpainter.inpaint
+
+    def announce(self, *args, **kwargs):
+        sys.stderr.write("INFERENCE\n")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.Inpainter, "inpaint", announce)
+    rc, _, err = run(capsys, images, "--masks", masks, "-o", outdir, "--models", tiny_models_dir, "--steps", 2)
+    assert rc == 2 and err.count("INFERENCE") == 1
+    first = err.index("INFERENCE")
+    assert err.index("skipped b.png") < first and err.index("skipped c.png") < first
+    assert (outdir / "b.png").read_bytes() == b"a previous result" and (outdir / "a.png").is_file()
+    # An output folder that cannot be made is one line before the models are opened.
+    (tmp_path / "afile").write_text("x")
+    rc, _, err = run(capsys, images, "--masks", masks, "-o", tmp_path / "afile" / "out", "--models",
+                     tmp_path / "no-models")
+    assert rc == 2 and "afile" in (line := _error_line(err)) and "models folder not found" not in line
+
+
+def test_random_weights_are_announced_and_recorded(tiny_models_dir, pair, tmp_path, capsys):
+    import shutil
+
+    photo, mask = pair
+    rc, out, err = run(capsys, photo, mask, "--models", tiny_models_dir, "--steps", 2, "--seed", 3, "--json")
+    assert rc == 0 and "random weights" not in err
+    record = json.loads(out)
+    assert record["provenance"] == "checkpoint:tiny_weights.safetensors" and record["seed"] == 3
+    models = tmp_path / "random"
+    shutil.copytree(tiny_models_dir, models)
+    m = json.loads((models / contract.MANIFEST_FILE).read_text())
+    m[contract.manifest_key(contract.META_PROVENANCE)] = contract.PROVENANCE_RANDOM_INIT + "7"
+    (models / contract.MANIFEST_FILE).write_text(json.dumps(m))
+    rc, out, err = run(capsys, photo, mask, "--models", models, "--steps", 2, "--json", "--force", "-q")
+    assert rc == 0 and "random weights: the output is noise, not inpainting" in err
+    assert json.loads(out)["provenance"] == contract.PROVENANCE_RANDOM_INIT + "7"
+
+
+def test_strip_metadata(tiny_models_dir, tmp_path, capsys):
+    h, w = 120, 160
+    exif = Image.Exif()
+    exif[MAKE] = "TestCam"
+    Image.fromarray(_photo(h, w, seed=7)).save(tmp_path / "p.jpg", quality=95, exif=exif.tobytes())
+    Image.fromarray(_mask(h, w, (40, 40, 70, 70))).save(tmp_path / "m.png")
+    Image.fromarray(np.zeros((h, w), np.uint8)).save(tmp_path / "empty.png")
+    common = ["--models", tiny_models_dir, "--steps", 2, "--strip-metadata"]
+    rc, _, err = run(capsys, tmp_path / "p.jpg", tmp_path / "m.png", *common, "-o", tmp_path / "out.jpg")
+    assert rc == 0, err
+    assert MAKE not in Image.open(tmp_path / "out.jpg").getexif()
+    # An empty mask copies the input, but not its metadata.
+    rc, _, err = run(capsys, tmp_path / "p.jpg", tmp_path / "empty.png", *common, "--allow-empty-mask",
+                     "-o", tmp_path / "copy.jpg")
+    assert rc == 0, err
+    copy = Image.open(tmp_path / "copy.jpg")
+    assert copy.size == (w, h) and MAKE not in copy.getexif()
+    assert Image.open(tmp_path / "p.jpg").getexif()[MAKE] == "TestCam"  # the input keeps it

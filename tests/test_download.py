@@ -448,7 +448,7 @@ MODELS_HUB_ERRORS = [
      "someuser/nope is not a local folder, and someuser/nope is not a repository on the Hugging Face Hub"),
     (_http_error(errors.RevisionNotFoundError, 404), "someuser/nope has no revision 'v9' on the Hub"),
     (_http_error(errors.GatedRepoError, 401), "someuser/nope is gated"),
-    (_http_error(errors.HfHubHTTPError, 503), "downloading someuser/nope@v9 failed (HTTP 503); run again to resume"),
+    (_http_error(errors.HfHubHTTPError, 503), "downloading someuser/nope@v9 failed (HTTP 503); run the command again to resume"),
     (httpx2.ReadTimeout("timed out"), "downloading someuser/nope@v9 failed (ReadTimeout: timed out)"),
     (_not_reachable(), "and the Hub cannot be reached (ConnectError): fetch it where the Hub is reachable"),
 ]

@@ -273,7 +273,7 @@ def test_external_data_graphs_are_moved_hashed_and_verified(tmp_path, monkeypatc
         assert data[contract.GRAPH_SHA256] == sha256_file(sidecar)
         assert (out / graph.file).stat().st_size < sidecar.stat().st_size  # the weights are outside
     inp = Inpainter.from_models(out, providers="cpu")  # verify() hashes the sidecars too
-    result = inp.inpaint(golden["image_u8"], golden["mask_u8"], noise=golden)
+    result = inp.inpaint(golden["image_u8"], golden["mask_u8"], noise=golden, fidelity="official")
     assert np.abs(result.astype(int) - golden["output_u8"]).max() <= 1
     sidecar = models.external_data_path(out / contract.VAE_DECODER.file)
     data = bytearray(sidecar.read_bytes())
@@ -294,9 +294,84 @@ def test_export_replaces_the_graphs_and_purges_stale_variants(tmp_path):
     variant.mkdir()
     (variant / contract.MANIFEST_FILE).write_text("{}")
     (out / "notes.txt").write_text("the user's own file")
+    own = out / contract.precision_subdir("fp16")  # a folder of that name without a manifest: not a variant
+    own.mkdir()
+    (own / "holiday.jpg").write_bytes(b"x")
     manifest = export_models(load_golden_model(2), vae, sf, out, provenance="checkpoint:second")
     assert not variant.exists()
-    assert (out / "notes.txt").exists()
+    assert (out / "notes.txt").exists() and (own / "holiday.jpg").exists()
     on_disk = json.loads((out / contract.MANIFEST_FILE).read_text())
     assert on_disk == json.loads(json.dumps(manifest))
     assert on_disk[contract.manifest_key(contract.META_PROVENANCE)] == "checkpoint:second"
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 9: `export --out` never silently replaces a folder, nor trips over a file
+
+
+def _one_line(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("moebius-edge export: error: "), stderr
+    return lines[0]
+
+
+def test_cli_export_refuses_a_non_empty_folder_without_force(tmp_path):
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own file")
+    r = _cli("export", "--random-init", "--preset", "tiny", "--out", str(out), timeout=600)
+    assert r.returncode == 2 and "--force" in _one_line(r.stderr)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_cli_export_to_an_existing_file_is_one_line(tmp_path):
+    (tmp_path / "models").write_text("a file")
+    r = _cli("export", "--random-init", "--preset", "tiny", "--out", str(tmp_path / "models"), timeout=600)
+    assert r.returncode == 2 and "not a folder" in _one_line(r.stderr)
+    assert (tmp_path / "models").read_text() == "a file"
+
+
+def test_cli_export_force_replaces_the_models_and_their_variants(tmp_path):
+    out = tmp_path / "models"
+    vae, sf = load_tiny_vae()
+    export_models(load_golden_model(1), vae, sf, out, provenance="checkpoint:first")
+    variant = out / contract.precision_subdir("fp16")
+    variant.mkdir()
+    (variant / contract.MANIFEST_FILE).write_text("{}")
+    r = _cli("export", "--random-init", "--preset", "tiny", "--seed", "5", "--out", str(out), "--force", timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert not variant.exists()
+    manifest = json.loads((out / contract.MANIFEST_FILE).read_text())
+    assert manifest[contract.manifest_key(contract.META_PROVENANCE)] == contract.PROVENANCE_RANDOM_INIT + "5"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_export_failing_mid_move_leaves_no_models_folder_rather_than_a_mix(tmp_path, monkeypatch):
+    """The old manifest goes first and the new one last: a folder caught between is refused by
+    the runtime, never read as old graphs mixed with new ones."""
+    import os
+
+    from moebius_edge import models
+    from moebius_edge.errors import UserError
+
+    out = tmp_path / "models"
+    vae, sf = load_tiny_vae()
+    export_models(load_golden_model(1), vae, sf, out, provenance="checkpoint:first")
+    variant = out / contract.precision_subdir("int8")
+    variant.mkdir()
+    (variant / contract.MANIFEST_FILE).write_text("{}")
+    real = os.replace
+
+    def failing(src, dst, *a, **kw):
+        if os.path.dirname(os.fspath(dst)) == os.fspath(out) and os.path.basename(dst) == contract.VAE_ENCODER.file:
+            raise OSError("disk full")
+        return real(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        export_models(load_golden_model(2), vae, sf, out, provenance="checkpoint:second")
+    monkeypatch.setattr(os, "replace", real)
+    with pytest.raises(UserError, match=f"no {contract.MANIFEST_FILE}"):
+        models.open_models(out)
+    assert not variant.exists() and not [p for p in out.iterdir() if p.name.startswith(".")]

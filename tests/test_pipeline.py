@@ -36,7 +36,7 @@ def _photo(h, w, seed=0):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _may_change(mask, native):
+def _may_change(mask, native, fidelity=contract.DEFAULT_FIDELITY):
     """Pixels the paste-back may touch: the union of every crop's feathered hole."""
     h, w = mask.shape
     labels, crops = crop.plan_crops(mask, native)
@@ -44,19 +44,24 @@ def _may_change(mask, native):
     for c in crops:
         r = c.region(w, h)
         group = np.isin(labels[r.slices], c.labels)
-        out[r.slices] |= masks.feather(group, crop.paste_radius(c.box, native)) > 0
+        out[r.slices] |= masks.feather(group, crop.paste_radius(c.box, native), fidelity) > 0
     return out
 
 
 def test_golden_case_matches_the_official_pipeline(inpainter, golden):
     assert inpainter.image_size == golden["image_u8"].shape[0] == 128
-    out = inpainter.inpaint(golden["image_u8"], golden["mask_u8"], noise=golden)
+    out = inpainter.inpaint(golden["image_u8"], golden["mask_u8"], noise=golden, fidelity="official")
     assert out.dtype == np.uint8 and out.shape == golden["output_u8"].shape
     diff = np.abs(out.astype(int) - golden["output_u8"])
     assert diff.max() <= 1
     assert (diff == 0).mean() >= 0.999
     info = inpainter.last_run
-    assert info.steps == 19 and info.crops == [{"box": [0, 0, 128, 128], "squashed": False}]
+    assert info.steps == 19 and info.fidelity == "official"
+    assert [{k: c[k] for k in ("box", "squashed")} for c in info.crops] == [{"box": [0, 0, 128, 128], "squashed": False}]
+    # The official rules leave part of the hole to the original: counted, not silently.
+    (coverage,) = [c["coverage"] for c in info.crops]
+    assert coverage["hole_px"] == (golden["mask_u8"] >= 128).sum()
+    assert 0 < coverage["unseen_px"] < coverage["hole_px"] and 0 < coverage["underweight_px"] < coverage["hole_px"]
     assert set(info.providers.values()) == {"CPUExecutionProvider"}
     # Every session was released after its phase.
     assert not any(g.loaded for g in inpainter.graphs.values())
@@ -190,7 +195,7 @@ def test_inputs_are_checked_against_the_session(inpainter):
 def test_low_memory_and_threads(tiny_models_dir, golden):
     inp = Inpainter.from_models(tiny_models_dir, providers=["CPUExecutionProvider"], threads=1, low_memory=True,
                                 verify=False)
-    out = inp.inpaint(golden["image_u8"], golden["mask_u8"], noise=golden, steps=20)
+    out = inp.inpaint(golden["image_u8"], golden["mask_u8"], noise=golden, steps=20, fidelity="official")
     assert np.abs(out.astype(int) - golden["output_u8"]).max() <= 1
 
 
@@ -300,7 +305,7 @@ def test_non_finite_quantized_decoder_falls_back_to_fp32(models_copy, golden, ca
 
     inp = Inpainter.from_models(models_copy, precision="fp16", providers="cpu")
     with caplog.at_level(logging.WARNING, logger="moebius_edge"):
-        out = inp.inpaint(golden["image_u8"], golden["mask_u8"], noise=golden)
+        out = inp.inpaint(golden["image_u8"], golden["mask_u8"], noise=golden, fidelity="official")
     assert "fp32 decoder" in caplog.text and inp.last_run.decoder_fallback
     assert np.abs(out.astype(int) - golden["output_u8"]).max() <= 1
 
@@ -362,7 +367,7 @@ def test_intermediates_match_the_official_pipeline(inpainter, golden):
     from moebius_edge.pipeline import to_model_input
     from moebius_edge.scheduler import DDIMSchedule, add_noise
 
-    hole = masks.to_model(masks.binarize(golden["mask_u8"]), (128, 128))
+    hole = masks.to_model(masks.binarize(golden["mask_u8"]), (128, 128), "official")
     x = to_model_input(golden["image_u8"])
     enc = inpainter.graphs[contract.VAE_ENCODER.key]
     z_img = enc.run(image=x, noise=golden["eps_posterior_image"])

@@ -1,16 +1,34 @@
-"""`moebius-edge export`: PyTorch checkpoint → unet.onnx, vae_encoder.onnx, vae_decoder.onnx."""
+"""`moebius-edge export`: PyTorch checkpoint → unet.onnx, vae_encoder.onnx, vae_decoder.onnx.
+
+The output folder is checked before anything is loaded: a file, or a folder that already holds
+something, is refused in one line unless --force (the default ``models`` is also `run`'s default,
+so an export must not silently replace the models a user runs with). With --force the graphs and
+manifest are replaced and the quantized variants removed (``export_models``: staged, then moved).
+"""
 import json
 import logging
+from pathlib import Path
 
 from moebius_edge import contract
-from moebius_edge.commands import require
+from moebius_edge.commands import check_writable_folder, require
+from moebius_edge.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    check_writable_folder(out, "the models")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"--out {out} is not empty; pass --force to replace the models in it (its quantized "
+                        f"variants are removed too) or choose another folder")
+
+
 def _export(args):
-    require("torch", "export")
-    require("onnx", "export")
+    _check_out(Path(args.out), args.force)
+    for module in ("torch", "onnx", "diffusers", "safetensors"):
+        require(module, "export")
     job = require("moebius_edge.export.job", "export")
     manifest = job.run_export(
         args.out, unet_config=args.unet_config if not args.random_init else args.preset,
@@ -45,6 +63,8 @@ def register(sub):
     p.add_argument("--image-size", type=int, default=None,
                    help="build a --random-init model for this image side instead of the preset's")
     p.add_argument("--out", default=contract.DEFAULT_MODELS_DIR, metavar="DIR", help="output folder")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="replace the models in a folder that is not empty (its quantized variants are removed)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch to 1 (mobile execution providers)")
     p.add_argument("--local-files-only", action="store_true", help="never contact the Hub with --variant")
     p.add_argument("--cache-dir", metavar="DIR", help="Hugging Face cache folder (HF_HOME's when omitted)")

@@ -41,12 +41,32 @@ def _variant(root: Path, precision: str) -> dict:
         path = folder / entry.get(contract.GRAPH_FILE, spec.file)
         graphs[spec.key] = {contract.GRAPH_FILE: os.path.relpath(path, root),
                             contract.GRAPH_BYTES: entry.get(contract.GRAPH_BYTES),
-                            contract.GRAPH_SHA256: entry.get(contract.GRAPH_SHA256), "present": path.is_file()}
+                            contract.GRAPH_SHA256: entry.get(contract.GRAPH_SHA256), "present": path.is_file(),
+                            # a variant that keeps a graph unchanged references the FP32 file
+                            "shared_with_fp32": folder != root and os.path.normpath(path.parent) == os.path.normpath(root)}
     out = {k: manifest.get(k) for k in _SHOWN}
     out[_PRECISION] = out[_PRECISION] or precision
     out["compatible"] = str(out[_VERSION]) == str(contract.CONTRACT_VERSION)
     out[contract.MANIFEST_GRAPHS] = graphs
+    if folder != root:
+        out["own_bytes"] = sum(int(g[contract.GRAPH_BYTES] or 0) for g in graphs.values() if not g["shared_with_fp32"])
+        out[contract.MANIFEST_QUANTIZE_GATE] = manifest.get(contract.MANIFEST_QUANTIZE_GATE)
     return out
+
+
+def _gate_line(gate, report: str) -> str:
+    """A variant's quality-gate verdict in one line (``moebius_edge.quantize.gate``)."""
+    if not isinstance(gate, dict):
+        return "no quality gate recorded"
+    f, t = gate.get("figures") or {}, gate.get("thresholds") or {}
+    status = gate.get(contract.GATE_STATUS)
+    mode = " (random-init weights: figures not enforced)" if status == contract.GATE_ADVISORY else ""
+    psnr, cos = f.get("hole_psnr_min_db"), f.get("mean_step_cosine")
+    psnr = f"{psnr:.1f} dB" if isinstance(psnr, (int, float)) else str(psnr)
+    cos = f"{cos:.5f}" if isinstance(cos, (int, float)) else str(cos)
+    over = " (thresholds overridden)" if gate.get("overridden") else ""
+    return (f"{status}{mode}: hole PSNR min {psnr} (≥ {t.get('min_hole_psnr_db')}), mean step ε cosine {cos} "
+            f"(≥ {t.get('min_mean_step_cosine')}){over}; report {report}")
 
 
 # Distributions that all install the one `onnxruntime` module; two of them overwrite each other's
@@ -117,7 +137,11 @@ def _print(d: dict) -> None:
         for key, g in v[contract.MANIFEST_GRAPHS].items():
             sha = (g[contract.GRAPH_SHA256] or "?")[:16]
             missing = "" if g["present"] else "  MISSING"
-            w(f"       {key:<12} {g[contract.GRAPH_FILE]:<28} {_mb(g[contract.GRAPH_BYTES]):>12}  sha256 {sha}…{missing}\n")
+            shared = "  (the fp32 file)" if g.get("shared_with_fp32") else ""
+            w(f"       {key:<12} {g[contract.GRAPH_FILE]:<28} {_mb(g[contract.GRAPH_BYTES]):>12}  sha256 {sha}…{missing}{shared}\n")
+        if contract.MANIFEST_QUANTIZE_GATE in v:
+            report = f"{p}/{contract.QUANTIZE_REPORT_MD}"
+            w(f"       own files: {_mb(v['own_bytes'])}; gate {_gate_line(v[contract.MANIFEST_QUANTIZE_GATE], report)}\n")
         if v[_PARITY]:
             w(f"       parity: {json.dumps(v[_PARITY], sort_keys=True)}\n")
         for k, lic in (v[_LICENSES] or {}).items():
