@@ -1,10 +1,22 @@
 """Shared fixtures: exported tiny models (the golden weights, so pipeline_case.npz applies)."""
+import logging
+
 import numpy as np
 import pytest
 
 from .goldens import DATA, load_golden_model, load_tiny_vae
 
 __all__ = ["DATA"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """``cli.main`` installs its own handler on the package logger: put things back after each test,
+    so that one test's CLI run does not hide another's log records from caplog."""
+    log = logging.getLogger("moebius_edge")
+    saved = (log.handlers[:], log.level, log.propagate)
+    yield
+    log.handlers[:], log.level, log.propagate = saved
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ traceback), found before any model is opened where the input alone tells; ``--js
 error object on stdout. Also the Python API's argument checks and ``commands.require``.
 """
 import json
-import logging
 import math
 import subprocess
 import sys
@@ -15,15 +14,6 @@ from PIL import Image
 
 from moebius_edge import cli, contract
 from moebius_edge.errors import MissingExtraError, UserError
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    # cli.main installs its own handler on the package logger; put things back for other tests.
-    log = logging.getLogger("moebius_edge")
-    saved = (log.handlers[:], log.level, log.propagate)
-    yield
-    log.handlers[:], log.level, log.propagate = saved
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ Most cases call ``cli.main`` in-process (fast); one runs the CLI in a subprocess
 diffusers, onnx and onnxsim cannot be imported, as on a base install.
 """
 import json
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -17,15 +16,6 @@ from moebius_edge import cli, contract
 
 DATA = Path(__file__).parent / "data"
 ORIENTATION, MAKE = 0x0112, 0x010F
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    # cli.main installs its own handler on the package logger; put things back for other tests.
-    log = logging.getLogger("moebius_edge")
-    saved = (log.handlers[:], log.level, log.propagate)
-    yield
-    log.handlers[:], log.level, log.propagate = saved
 
 
 def _photo(h, w, seed=0):
