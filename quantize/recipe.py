@@ -1,0 +1,147 @@
+"""Quantization recipes: what data a variant is measured on and how its keep-list is found.
+
+A ``Recipe`` holds every choice of one quantize run that is not a gate threshold: the photo split,
+the masks, the pipeline settings of the trajectories, and the precision's own knobs. Defaults are
+the shipped recipe; ``--recipe FILE`` (JSON, any subset of the fields) overrides them. Each
+variant folder gets ``recipe.json`` (``contract.QUANTIZE_RECIPE_FILE``): the effective recipe with
+``keep`` filled in with the keep-list that was used, so ``quantize --recipe DIR/fp16/recipe.json``
+rebuilds the same variant (set ``"measure": false`` to skip the measurement).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from moebius_edge import contract
+from moebius_edge.errors import UserError
+from moebius_edge.quantize import fp16
+
+# The photos of tests/data/photos (licences in its README). Disjoint: the calibration photos
+# decide what stays FP32 (and trained the stand-in), the held-out photos judge the result.
+CALIBRATION_PHOTOS = ("chelsea.jpg", "rocket.jpg")
+HELD_OUT_PHOTOS = ("grace_hopper.jpg", "retina.jpg")
+DEFAULT_PHOTOS_DIR = "tests/data/photos"  # relative to the repository root, where `make quantize` runs
+VAE_MODES = ("auto", "fp32")  # auto: convert a VAE graph only if its check passes; fp32: never
+# A VAE graph is converted only if, on calibration inputs, its FP16 output stays finite and within
+# this PSNR of FP32 (images in [0, 1], peak 1): 40 dB is an RMS error of 2.5 uint8 levels, a
+# budget well inside the end-to-end gate's 35 dB.
+VAE_MIN_PSNR_DB = 40.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    precision: str = "fp16"
+    # -- data: FP32 trajectories on photos × seeded masks (quantize/calibration.py)
+    calibration_photos: tuple = CALIBRATION_PHOTOS
+    held_out_photos: tuple = HELD_OUT_PHOTOS
+    calibration_masks: int = 3  # masks per calibration photo (kinds rotate: strokes, brushes, box, blob)
+    held_out_masks: int = 3  # masks per held-out photo
+    seed: int = 0  # masks, and the pipeline noise of every pair (FP32 and variant see the same noise)
+    steps: int = contract.DEFAULT_STEPS
+    guidance: float = contract.DEFAULT_GUIDANCE
+    strength: float = contract.DEFAULT_STRENGTH
+    # -- FP16 keep-list (quantize/fp16.py)
+    measure: bool = True  # False: keep exactly `keep`, measure nothing
+    keep: dict = field(default_factory=dict)  # {graph key: [node names kept in FP32]}, added to the measured ones
+    safe_abs_max: float = fp16.FP16_SAFE_ABS_MAX
+    error_min: float = fp16.ERROR_MIN
+    error_gain: float = fp16.ERROR_GAIN
+    error_rounds: int = fp16.ERROR_ROUNDS
+    range_inputs: int = 0  # calibration inputs per graph for the range pass (0: all of them)
+    error_inputs: int = 2  # calibration UNet inputs for the error pass (spread: first and last step)
+    vae_error_inputs: int = 1  # calibration inputs of each VAE graph for the error pass (512² activations are large)
+    vae: str = "auto"  # VAE_MODES
+    vae_min_psnr_db: float = VAE_MIN_PSNR_DB
+    # -- report
+    latency_reps: int = 5  # UNet step timings, FP32 and variant interleaved
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def replace(self, **changes) -> "Recipe":
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(name: str, value, default):
+    """A recipe value of the default's type, or a one-line error."""
+    try:
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise TypeError
+            return tuple(value)
+        if isinstance(default, dict):
+            if not isinstance(value, dict) or not all(
+                    isinstance(k, str) and isinstance(v, list) and all(isinstance(n, str) for n in v)
+                    for k, v in value.items()):
+                raise TypeError
+            unknown = set(value) - {g.key for g in contract.GRAPHS}
+            if unknown:
+                raise UserError(f"recipe {name!r} names unknown graphs {sorted(unknown)}")
+            return {k: list(v) for k, v in value.items()}
+        if isinstance(default, int):
+            if isinstance(value, bool) or not float(value).is_integer():
+                raise TypeError
+            return int(value)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+    except (TypeError, ValueError):
+        raise UserError(f"recipe field {name!r} must be like {default!r}, got {value!r}") from None
+
+
+def from_dict(d: dict, precision: str) -> Recipe:
+    """The default recipe for ``precision`` with the fields of ``d`` (a parsed recipe file)."""
+    if not isinstance(d, dict):
+        raise UserError("a recipe is a JSON object")
+    base = Recipe(precision=precision)
+    defaults = {f.name: getattr(base, f.name) for f in dataclasses.fields(Recipe)}
+    unknown = set(d) - set(defaults)
+    if unknown:
+        raise UserError(f"unknown recipe fields: {', '.join(sorted(unknown))} (known: {', '.join(defaults)})")
+    values = {k: _coerce(k, v, defaults[k]) for k, v in d.items()}
+    field = contract.manifest_key(contract.META_PRECISION)  # the recipe's own "precision" field
+    if values.get(field, precision) != precision:
+        raise UserError(f"the recipe is for {values[field]}, not {precision}")
+    r = base.replace(**values)
+    check(r)
+    return r
+
+
+def load(path, precision: str) -> Recipe:
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"recipe not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read recipe {path}: {e}") from None
+    return from_dict(d, precision)
+
+
+def check(r: Recipe) -> None:
+    """One-line errors for recipes that cannot work."""
+    overlap = set(r.calibration_photos) & set(r.held_out_photos)
+    if overlap:
+        raise UserError(f"calibration and held-out photos must be disjoint; both have {', '.join(sorted(overlap))}")
+    if not r.calibration_photos or not r.held_out_photos:
+        raise UserError("a recipe needs at least one calibration photo and one held-out photo")
+    if r.calibration_masks < 1 or r.held_out_masks < 1:
+        raise UserError("calibration_masks and held_out_masks must be at least 1")
+    if r.vae not in VAE_MODES:
+        raise UserError(f"recipe field 'vae' must be one of {', '.join(VAE_MODES)}, got {r.vae!r}")
+    if not 0 < r.safe_abs_max <= fp16.FP16_MAX:
+        raise UserError(f"safe_abs_max must be in (0, {fp16.FP16_MAX:g}]")
+    if min(r.error_inputs, r.vae_error_inputs, r.latency_reps) < 1 or min(r.range_inputs, r.error_rounds) < 0:
+        raise UserError("error_inputs, vae_error_inputs and latency_reps must be ≥ 1, range_inputs and "
+                        "error_rounds ≥ 0")
