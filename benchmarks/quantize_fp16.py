@@ -3,16 +3,16 @@
     .venv/bin/python benchmarks/quantize_fp16.py --models DIR [--json FILE] [--skip-full] [--skip-standin]
 
 DIR is a full-size `moebius-edge export --random-init` folder (`make export RANDOM_INIT=1`). Each
-quantize runs as `moebius-edge quantize` in a child process (the shipped recipe, the photos of
-tests/data/photos), timed, with the child's peak RSS; the figures come from the report.json it
-writes. The stand-in (tests/data/standin_weights.safetensors, the tiny preset trained briefly
+quantize is what `moebius-edge quantize --models DIR` runs (the shipped recipe, the photos of
+tests/data/photos), timed, with the process's peak RSS (the stand-in runs first, so the full-size
+figure is the full-size run's); the figures come from the report it writes. The stand-in (tests/data/standin_weights.safetensors, the tiny preset trained briefly
 as a denoiser) is exported into a temporary folder first (this part needs torch). Writes
 benchmarks/results/quantize_fp16.json and prints the tables of the README.
 """
 import argparse
 import json
+import logging
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,20 +25,15 @@ PHOTOS = ROOT / "tests" / "data" / "photos"
 
 
 def quantize(models: Path) -> dict:
-    """One `moebius-edge quantize` in a child process: wall time, the child's peak RSS, report."""
+    """`moebius-edge quantize --models DIR` (the shipped recipe), in this process: wall time, peak
+    RSS so far, report. In-process rather than a child `moebius_edge.cli`, whose command line a
+    colleague's `pkill -f` on a shared machine may match (a 2-hour run was lost that way)."""
+    from moebius_edge.quantize import job
+
     t = time.perf_counter()
-    # The child's log and progress go to this process's stderr, as they come.
-    proc = subprocess.run([sys.executable, "-m", "moebius_edge.cli", "quantize", "--models", str(models),
-                           "--photos", str(PHOTOS)], stdout=subprocess.PIPE, text=True, check=False)
-    wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise SystemExit(f"quantize failed with exit code {proc.returncode}")
-    # The child measures its own peak (report.json); RUSAGE_CHILDREN is the largest child so far
-    # (the stand-in runs first, so for the full-size run it is that run's).
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    report = json.loads((models / contract.precision_subdir("fp16") / contract.QUANTIZE_REPORT_FILE).read_text())
-    return {"wall_s": wall, "peak_rss_mb": report["peak_rss_mb"], "peak_rss_children_mb": children,
-            "stdout": proc.stdout.strip().splitlines(), "report": report}
+    result = job.quantize_models(models, "fp16", photos_dir=PHOTOS)[0]
+    return {"wall_s": time.perf_counter() - t,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "report": result["report"]}
 
 
 def summary(run: dict) -> dict:
@@ -61,7 +56,6 @@ def summary(run: dict) -> dict:
         "vae": r["vae"], "keep": keep,
         "latency": {k: r["latency"][k] for k in ("fp32_median_s", "variant_median_s", "ratio", "reps")},
         "seconds": r["seconds"], "wall_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"],
-        "peak_rss_children_mb": run["peak_rss_children_mb"],
         "pairs": {"calibration": r["data"]["calibration"]["pairs"], "held_out": r["data"]["held_out"]["pairs"]},
     }
 
@@ -97,6 +91,7 @@ def main():
     ap.add_argument("--skip-full", action="store_true")
     ap.add_argument("--skip-standin", action="store_true")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # a script
     path = Path(args.json)
     results = json.loads(path.read_text()) if path.is_file() else {}
     if not args.skip_standin:
