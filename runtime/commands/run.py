@@ -45,16 +45,39 @@ def register(sub):
                         "owner/name[@revision] or hf://owner/name[@revision] (an existing local folder wins; "
                         "needs the hub extra)")
     g = p.add_argument_group("sampling")
+    m = p.add_argument_group("mask")
+    r = p.add_argument_group("runtime")
+    o = p.add_argument_group("output")
+    add_pair_options(g, m, o)
+    g.add_argument("--noise-file", metavar="F.npz",
+                   help="inject the four noise tensors (eps_posterior_image, eps_posterior_masked, "
+                        "noise_base, noise_offset_draw at the native latent size) instead of drawing them; "
+                        "single-crop runs only")
+    r.add_argument("--precision", choices=contract.PRECISIONS, default=contract.PRECISIONS[0], help="graph variant")
+    r.add_argument("--provider", choices=contract.PROVIDER_CHOICES, default=contract.PROVIDER_CHOICES[0],
+                   help="execution provider (falls back to CPU)")
+    r.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's choice)")
+    r.add_argument("--low-memory", action="store_true", help="turn off ORT's memory arena (less RAM, slower)")
+    r.add_argument("--max-pixels", type=float, default=contract.DEFAULT_MAX_PIXELS,
+                   help="refuse larger images (protects against decompression bombs)")
+    o.add_argument("-f", "--force", action="store_true",
+                   help="overwrite an existing output file (never an input: photo, mask or noise file)")
+    o.add_argument("--json", action="store_true", help="print machine-readable results and timings on stdout")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run)
+
+
+def add_pair_options(sampling, mask, output) -> None:
+    """The options of one photo/mask pair, added to three argument groups: sampling, mask rules and
+    the output image. `run` applies them to all its pairs; `run-dataset` takes them as defaults that
+    a jobs table may set per row, in a column named after each option's ``dest``
+    (``moebius_edge.scale.schema.ROW_OPTIONS``). Model, runtime and file-safety options are not here."""
+    g, m, o = sampling, mask, output
     g.add_argument("--steps", type=int, default=contract.DEFAULT_STEPS, help="DDIM steps (before strength)")
     g.add_argument("--guidance", type=float, default=contract.DEFAULT_GUIDANCE, help="classifier-free guidance scale")
     g.add_argument("--strength", type=float, default=contract.DEFAULT_STRENGTH,
                    help="fraction of the schedule to run (0.99: 19 of 20 steps, from t = 900)")
     g.add_argument("--seed", type=int, default=contract.DEFAULT_SEED, help="seed of numpy's default_rng for the noise")
-    g.add_argument("--noise-file", metavar="F.npz",
-                   help="inject the four noise tensors (eps_posterior_image, eps_posterior_masked, "
-                        "noise_base, noise_offset_draw at the native latent size) instead of drawing them; "
-                        "single-crop runs only")
-    m = p.add_argument_group("mask")
     m.add_argument("--mask-channel", choices=contract.MASK_CHANNELS, default=contract.MASK_CHANNELS[0],
                    help="which channel is the mask; auto: alpha if the mask has transparency, else luminance")
     m.add_argument("--invert-mask", action="store_true", help="black = fill instead of white = fill")
@@ -68,29 +91,15 @@ def register(sub):
                         "(thin strokes may be lost); see docs/pipeline.md §3")
     m.add_argument("--allow-empty-mask", action="store_true",
                    help="a mask without a hole copies the input instead of failing")
-    r = p.add_argument_group("runtime")
-    r.add_argument("--precision", choices=contract.PRECISIONS, default=contract.PRECISIONS[0], help="graph variant")
-    r.add_argument("--provider", choices=contract.PROVIDER_CHOICES, default=contract.PROVIDER_CHOICES[0],
-                   help="execution provider (falls back to CPU)")
-    r.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's choice)")
-    r.add_argument("--low-memory", action="store_true", help="turn off ORT's memory arena (less RAM, slower)")
-    r.add_argument("--max-pixels", type=float, default=contract.DEFAULT_MAX_PIXELS,
-                   help="refuse larger images (protects against decompression bombs)")
-    o = p.add_argument_group("output")
     o.add_argument("--quality", type=int, default=contract.DEFAULT_QUALITY, help="JPEG/WebP quality")
     o.add_argument("--strip-metadata", action="store_true",
                    help="write no EXIF and no colour profile (colours are converted to sRGB first)")
-    o.add_argument("-f", "--force", action="store_true",
-                   help="overwrite an existing output file (never an input: photo, mask or noise file)")
-    o.add_argument("--json", action="store_true", help="print machine-readable results and timings on stdout")
-    o.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run)
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_args(args) -> None:
+def check_args(args) -> None:
     """Everything the arguments alone tell, before an image is read or a model opened."""
     from moebius_edge.scheduler import timesteps
 
@@ -140,7 +149,7 @@ def _same_file(a: Path, b: Path) -> bool:
     return ida is not None and ida == _file_id(b)
 
 
-class _Inputs:
+class Inputs:
     """The files a run reads (photos, masks, the noise file). No output may be one of them, under
     any spelling: the same path, ``..``, a symbolic or a hard link all name the same inode."""
 
@@ -157,7 +166,7 @@ class _Inputs:
         return None if fid is None else self.ids.get(fid)
 
 
-def _check_output(out: Path, inputs: _Inputs, force: bool, *, check_folder: bool = True) -> None:
+def _check_output(out: Path, inputs: Inputs, force: bool, *, check_folder: bool = True) -> None:
     """Refuse, before any work, an output that could not be written or would replace an input."""
     from moebius_edge.imageio import output_format
 
@@ -228,13 +237,14 @@ class _Progress:
             self.bar.close()
 
 
-class _Runner:
-    """Shared state of one `run` invocation: the arguments and the (lazily opened) models."""
+class Runner:
+    """Shared state of one `run` invocation: the arguments and the (lazily opened) models. Also
+    what each `run-dataset` actor runs its rows through (``moebius_edge.scale.dataset``)."""
 
-    def __init__(self, args, inputs: _Inputs):
+    def __init__(self, args, inputs: Inputs, inpainter=None):
         self.args = args
         self.inputs = inputs
-        self._inpainter = None
+        self._inpainter = inpainter  # run-dataset's actors pass theirs: one Inpainter for all their rows
         self.noise = None
         self.verify_seconds = 0.0
         if args.noise_file:
@@ -257,13 +267,15 @@ class _Runner:
                             a.models, provenance)
         return self._inpainter
 
-    def one(self, image_path: Path, mask_path: Path, out: Path, *, step_bar: bool) -> dict:
-        """Inpaint one pair and write the result; returns the --json record."""
+    def one(self, image_path: Path, mask_path: Path, out: Path, *, step_bar: bool, args=None,
+            inputs: Inputs | None = None) -> dict:
+        """Inpaint one pair and write the result; returns the --json record. ``args`` and ``inputs``:
+        this pair's options and input files where they are not the run's (a row of run-dataset)."""
         from moebius_edge import imageio, masks
 
-        a = self.args
+        a = self.args if args is None else args
         t0 = time.perf_counter()
-        _check_output(out, self.inputs, a.force)
+        _check_output(out, self.inputs if inputs is None else inputs, a.force)
         max_pixels = int(a.max_pixels)
         photo = imageio.read_image(image_path, max_pixels, strip_metadata=a.strip_metadata)
         h, w = photo.rgb.shape[:2]
@@ -314,7 +326,7 @@ class _Runner:
 
 
 def _run(args) -> int:
-    _check_args(args)
+    check_args(args)
     image = Path(args.image)
     if image.is_dir():
         return _run_batch(args, image)
@@ -327,8 +339,8 @@ def _run(args) -> int:
     out = Path(args.output) if args.output else default_output(image)
     if out.is_dir():
         out = out / image.name
-    inputs = _Inputs([image, args.mask, *([args.noise_file] if args.noise_file else [])])
-    record = _Runner(args, inputs).one(image, Path(args.mask), out, step_bar=True)
+    inputs = Inputs([image, args.mask, *([args.noise_file] if args.noise_file else [])])
+    record = Runner(args, inputs).one(image, Path(args.mask), out, step_bar=True)
     if args.json:
         print(json.dumps(record, indent=1))
     return 0
@@ -351,20 +363,15 @@ def _find_mask(masks: Path, stem: str):
     return found[0]
 
 
-def _run_batch(args, folder: Path) -> int:
+def batch_pairs(folder: Path, masks: Path, outdir: Path) -> list:
+    """The photos of ``folder`` paired with their masks as batch mode pairs them (by file stem, or
+    one mask file for all): ``[(photo, mask, None) or (photo, None, UserError)]``, sorted by name.
+    Folders that cannot work (the output folder is an input folder, no photos) are refused in one
+    line. Also what `run-dataset PHOTOS --masks MASKS` runs."""
     from moebius_edge.imageio import supported_extension
 
-    if args.mask:
-        raise UserError("batch mode takes the masks with --masks DIR_OR_MASK, not as a second argument")
-    if not args.masks:
-        raise UserError(f"{folder} is a folder: give the masks with --masks DIR_OR_MASK")
-    if not args.output:
-        raise UserError("batch mode needs an output folder: -o OUTDIR")
-    masks, outdir = Path(args.masks), Path(args.output)
     if not masks.exists():
         raise UserError(f"masks not found: {masks}")
-    if args.noise_file:
-        log.warning("--noise-file: the same noise is used for every photo")
     if outdir.exists() and not outdir.is_dir():
         raise UserError(f"{outdir} exists and is not a folder")
     if _same_file(folder, outdir):
@@ -379,10 +386,31 @@ def _run_batch(args, folder: Path) -> int:
                         "need their own folder")
     if not images:
         raise UserError(f"no JPEG/PNG/WebP/TIFF images in {folder}")
+    pairs = []
+    for image in images:
+        try:
+            pairs.append((image, _find_mask(masks, image.stem), None))
+        except UserError as e:
+            pairs.append((image, None, e))
+    return pairs
+
+
+def _run_batch(args, folder: Path) -> int:
+    if args.mask:
+        raise UserError("batch mode takes the masks with --masks DIR_OR_MASK, not as a second argument")
+    if not args.masks:
+        raise UserError(f"{folder} is a folder: give the masks with --masks DIR_OR_MASK")
+    if not args.output:
+        raise UserError("batch mode needs an output folder: -o OUTDIR")
+    masks, outdir = Path(args.masks), Path(args.output)
+    pairs = batch_pairs(folder, masks, outdir)
+    images = [image for image, _, _ in pairs]
+    if args.noise_file:
+        log.warning("--noise-file: the same noise is used for every photo")
     check_writable_folder(outdir, "the results")
     mask_files = sorted(p for p in masks.iterdir() if p.is_file()) if masks.is_dir() else [masks]
-    inputs = _Inputs([*images, *mask_files, *([args.noise_file] if args.noise_file else [])])
-    runner = _Runner(args, inputs)
+    inputs = Inputs([*images, *mask_files, *([args.noise_file] if args.noise_file else [])])
+    runner = Runner(args, inputs)
     from tqdm import tqdm
 
     records, failures, todo = [], [], []
@@ -393,9 +421,11 @@ def _run_batch(args, folder: Path) -> int:
 
     # Every pair's mask and output are checked before the first (long) inference, so a pair that
     # cannot succeed is reported at once rather than after the others have run.
-    for image in images:
+    for image, mask, error in pairs:
         try:
-            mask, out = _find_mask(masks, image.stem), outdir / image.name
+            if error is not None:
+                raise error
+            out = outdir / image.name
             _check_output(out, inputs, args.force, check_folder=False)  # the folder is made below
             todo.append((image, mask, out))
         except UserError as e:
