@@ -44,9 +44,10 @@ else
 	$(PY) -m moebius_edge.cli export --variant $(VARIANT) --out $(MODELS)
 endif
 
-# FP16 variant in $(MODELS)/fp16 behind its quality gate (INT8: next release). RECIPE=FILE overrides
+# FP16 and INT8 variants in $(MODELS)/fp16 and $(MODELS)/int8, each behind its quality gate
+# (PRECISION=fp16 or int8 for one). RECIPE=FILE (with one PRECISION) overrides
 # the shipped recipe; the calibration and held-out photos are tests/data/photos.
-PRECISION ?= fp16
+PRECISION ?= all
 RECIPE ?=
 quantize:
 	$(PY) -m moebius_edge.cli quantize --models $(MODELS) --precision $(PRECISION) $(if $(strip $(RECIPE)),--recipe $(RECIPE))

@@ -62,17 +62,9 @@ def summary(run: dict) -> dict:
 
 def export_standin(out: Path) -> None:
     sys.path.insert(0, str(ROOT))
-    from safetensors.torch import load_file
+    from tests.goldens import export_standin as export
 
-    from moebius_edge.export.config import PRESETS
-    from moebius_edge.export.model import build_removal_model
-    from moebius_edge.export.onnx_export import export_models
-    from tests.goldens import load_tiny_vae
-
-    model = build_removal_model(PRESETS["tiny"])
-    model.load_state_dict(load_file(ROOT / "tests/data/standin_weights.safetensors"), strict=True)
-    vae, sf = load_tiny_vae()
-    export_models(model.eval(), vae, sf, out, provenance="checkpoint:standin_weights.safetensors")
+    export(out)
 
 
 def _table(name: str, s: dict) -> None:

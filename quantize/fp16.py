@@ -113,8 +113,18 @@ def measure_ranges(proto, feeds: list, *, threads: int = 0, desc: str = "ranges"
 
 
 def _propagate_ranges(proto, ranges: dict, floats: set) -> dict:
-    """Bound the range of every data-movement output by its float inputs' (in graph order)."""
+    """Bound the range of every data-movement output by its float inputs' (in graph order); a
+    chain that starts at a float initializer (a reshaped constant) is bounded by its values."""
+    from onnx import TensorProto, numpy_helper
+
     out = dict(ranges)
+    constants = {}
+    for t in proto.graph.initializer:
+        if t.data_type == TensorProto.FLOAT and t.name not in out:
+            v = numpy_helper.to_array(t)
+            if v.size:
+                constants[t.name] = (float(v.min()), float(v.max()))
+    out.update(constants)
     for node in proto.graph.node:
         if node.op_type not in G.DATA_MOVEMENT_OPS:
             continue
@@ -123,6 +133,8 @@ def _propagate_ranges(proto, ranges: dict, floats: set) -> dict:
             if o in floats and o not in out and src:
                 # Pad and Where may add zeros, within these bounds for the ±limit test.
                 out[o] = (min(lo for lo, _ in src), max(hi for _, hi in src))
+    for name in constants:
+        del out[name]
     return out
 
 

@@ -40,6 +40,20 @@ DATA_MOVEMENT_OPS = frozenset({"Reshape", "Transpose", "Slice", "Concat", "Unsqu
 _RANGE_SUFFIX = ("__range_min", "__range_max")
 
 
+def release_memory() -> None:
+    """Hand the heap freed by the last phase back to the system (glibc keeps freed blocks, and a
+    full-size phase frees gigabytes: sessions, their arenas, graph copies), so that the next phase's
+    peak does not stack on top of it. A no-op where ``malloc_trim`` does not exist."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def load(path):
     import onnx
 
@@ -136,6 +150,22 @@ def session(proto, threads: int = 0):
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+class GraphRunner:
+    """The runtime's ``GraphSession`` calling convention (``run(**inputs)`` → the first output as
+    float32, ``release()``) over an in-memory graph, so candidate graphs can go where the
+    evaluation code expects a session of a models folder."""
+
+    def __init__(self, proto, threads: int = 0):
+        self.sess = session(proto, threads)
+        self.output = self.sess.get_outputs()[0].name
+
+    def run(self, **inputs) -> np.ndarray:
+        return np.asarray(self.sess.run([self.output], inputs)[0], dtype=np.float32)
+
+    def release(self) -> None:
+        pass
 
 
 def _with_outputs(proto, outputs: list, extra_nodes: list = ()):

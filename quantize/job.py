@@ -1,12 +1,14 @@
 """The ``moebius-edge quantize`` job: FP32 models folder in, gated variant folders out.
 
-For each precision asked for (``PRECISIONS``; int8 arrives with issue 11):
+For each precision asked for (``PRECISIONS``):
 
 1. open and hash-check the FP32 folder; run the FP32 pipeline on the calibration pairs and on
-   the held-out pairs (``calibration.run_pairs``), recording every graph's inputs;
+   the held-out pairs (``calibration.run_pairs``), recording every graph's inputs (once for
+   all precisions whose recipes ask for the same data);
 2. in a private staging folder inside the models folder, build the variant's graphs from the
-   calibration data (``fp16.make_fp16``); a VAE graph is converted only if its own check passes
-   on these weights, otherwise the variant references the FP32 file and the report says why;
+   calibration data: FP16 (``fp16.make_fp16``; a VAE graph is converted only if its own check
+   passes on these weights, otherwise the variant references the FP32 file and the report says
+   why) or INT8 (``int8.make_int8``: the UNet only, the VAE graphs referenced);
 3. judge the staged variant against FP32 on the held-out pairs (``evaluate``, ``gate``);
 4. pass: write ``recipe.json``, ``report.json``, ``report.md`` and the manifest (with the gate's
    verdict), then swap the folder into ``<models>/<precision>/`` by renames. Fail: delete the
@@ -31,14 +33,14 @@ import numpy as np
 
 from moebius_edge import __version__, contract, models
 from moebius_edge.errors import UserError
-from moebius_edge.quantize import calibration, evaluate, fp16, gate
+from moebius_edge.quantize import calibration, evaluate, fp16, gate, int8
 from moebius_edge.quantize import graph as G
 from moebius_edge.quantize import recipe as recipes
 from moebius_edge.quantize.report import write_report
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp16",)  # made by this version; "int8" is issue 11
+PRECISIONS = ("fp16", "int8")  # made by this version, in this order for --precision all
 PRECISION_CHOICES = ("fp16", "int8", "all")
 
 
@@ -81,6 +83,8 @@ def fp32_runs(fp32: models.ModelsFolder, rcp: recipes.Recipe, photos_dir, thread
                     fidelity=contract.DEFAULT_FIDELITY)
     cal = calibration.run_pairs(inp, cal_pairs, desc="fp32 calibration runs", **settings)
     held = calibration.run_pairs(inp, held_pairs, desc="fp32 held-out runs", **settings)
+    del inp
+    G.release_memory()
     return Data(calibration=cal, held_out=held, seconds={"fp32_runs": time.perf_counter() - t})
 
 
@@ -94,17 +98,11 @@ def _vae_check(key: str, candidate, fp32: models.ModelsFolder, feeds: list, thre
 
     config = SessionConfig(provider="cpu", threads=threads)
     ref = {s.key: GraphSession(fp32, s, config) for s in (contract.VAE_ENCODER, contract.VAE_DECODER)}
-    sess = G.session(candidate, threads)
-    spec = contract.VAE_ENCODER if key == contract.VAE_ENCODER.key else contract.VAE_DECODER
-
-    class _Candidate:  # the GraphSession calling convention over an in-memory session
-        def run(self, **inputs):
-            return np.asarray(sess.run(spec.output_names, inputs)[0], dtype=np.float32)
-
+    mine = G.GraphRunner(candidate, threads)
     if key == contract.VAE_ENCODER.key:
-        values = evaluate.vae_encoder(feeds, _Candidate(), ref[key], ref[contract.VAE_DECODER.key])
+        values = evaluate.vae_encoder(feeds, mine, ref[key], ref[contract.VAE_DECODER.key])
     else:
-        values = evaluate.vae_decoder(feeds, _Candidate(), ref[key])
+        values = evaluate.vae_decoder(feeds, mine, ref[key])
     finite = not any(math.isnan(v) for v in values)
     return {"psnr_min_db": min(values) if finite else float("nan"), "finite": finite, "inputs": len(values)}
 
@@ -153,6 +151,35 @@ def build_fp16(fp32: models.ModelsFolder, staging: Path, data: Data, rcp: recipe
         details[key] = d
         log.info("%s: fp16 written (%d nodes kept in FP32)", key, len(res.keep.entries))
     return {"paths": paths, "conversion": details}
+
+
+# ---------------------------------------------------------------------------------------------
+# INT8
+
+
+VAE_NOT_INT8 = ("INT8 quantizes the UNet only (the VAE runs once per image and is the next performance "
+                "issue's); the variant references the FP32 graph")
+
+
+def build_int8(fp32: models.ModelsFolder, staging: Path, data: Data, rcp: recipes.Recipe, threads: int) -> dict:
+    """Write the INT8 UNet into ``staging``; the VAE graphs stay the FP32 files (referenced)."""
+    t = time.perf_counter()
+    feeds = _spread(data.calibration.feeds[contract.UNET.key], rcp.calibration_inputs)
+    res = int8.make_int8(fp32.graph_path(contract.UNET), feeds, exclude=list(rcp.exclude),
+                         activation_type=rcp.activation_type, method=rcp.calibration_method, threads=threads,
+                         work=staging)
+    out = staging / contract.UNET.file
+    G.save(res.proto, out, {contract.META_PRECISION: "int8"})
+    d = {"converted": True, **int8.describe(res), "calibration_inputs": len(feeds),
+         "activation_type": rcp.activation_type, "weight_type": "int8 per-channel symmetric",
+         "calibration_method": rcp.calibration_method, "seconds": round(time.perf_counter() - t, 2)}
+    log.info("%s: int8 written (%d of %d quantizable nodes kept FP32)", contract.UNET.key, len(res.excluded),
+             sum(res.counts.values()))
+    details = {contract.UNET.key: d}
+    for spec in (contract.VAE_ENCODER, contract.VAE_DECODER):
+        details[spec.key] = {"converted": False, "why": VAE_NOT_INT8}
+    return {"paths": {contract.UNET.key: out}, "conversion": details,
+            "manifest": {contract.MANIFEST_MIN_ONNXRUNTIME: int8.MIN_ONNXRUNTIME}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,28 +243,31 @@ def quantize_models(models_dir, precision: str = "fp16", *, recipe_file=None, re
     the shipped recipe; either applies to one precision."""
     if precision not in PRECISION_CHOICES:
         raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
-    if precision == "int8":
-        raise UserError("int8 variants are not available yet (the INT8 recipe is the next release); "
-                        "use --precision fp16")
     wanted = list(PRECISIONS) if precision == "all" else [precision]
-    if precision == "all":
-        log.warning("--precision all makes %s: int8 is not available yet", ", ".join(wanted))
     if (recipe_file is not None or recipe is not None) and len(wanted) > 1:
-        raise UserError("--recipe applies to one precision: pass --precision fp16 with it")
+        raise UserError("--recipe applies to one precision: pass --precision fp16 or int8 with it")
     t0 = time.perf_counter()
     root = Path(models_dir)
     fp32 = models.open_models(root, "fp32")
     fp32.verify()
-    results = []
+    results, runs = [], {}
     for p in wanted:
         rcp = recipe or (recipes.load(recipe_file, p) if recipe_file else recipes.Recipe(precision=p))
         if rcp.precision != p:
             raise UserError(f"the recipe is for {rcp.precision}, not {p}")
         recipes.check(rcp)
         limits = gate.thresholds(p, min_hole_psnr_db, min_mean_step_cosine)
-        data = fp32_runs(fp32, rcp, photos_dir, threads)
-        results.append(make_variant(fp32, p, rcp, limits, data, threads=threads, t0=t0))
+        key = data_key(rcp)
+        if key not in runs:
+            runs[key] = fp32_runs(fp32, rcp, photos_dir, threads)
+        results.append(make_variant(fp32, p, rcp, limits, runs[key], threads=threads, t0=t0))
     return results
+
+
+def data_key(rcp: recipes.Recipe) -> tuple:
+    """The recipe fields that decide the FP32 runs (two recipes with the same key share them)."""
+    return (rcp.calibration_photos, rcp.held_out_photos, rcp.calibration_masks, rcp.held_out_masks, rcp.seed,
+            rcp.steps, rcp.guidance, rcp.strength)
 
 
 def make_variant(fp32: models.ModelsFolder, precision: str, rcp: recipes.Recipe, limits: dict, data: Data, *,
@@ -248,20 +278,13 @@ def make_variant(fp32: models.ModelsFolder, precision: str, rcp: recipes.Recipe,
     root = fp32.root
     staging = models.staging_folder(root, f"quantize-{precision}")
     try:
-        t = time.perf_counter()
-        built = build_fp16(fp32, staging, data, rcp, threads)
-        build_s = time.perf_counter() - t
-        manifest = models.variant_manifest(fp32, precision, staging, built["paths"])
-        models.write_manifest(staging, manifest)
-        # The staged folder sits directly inside the models folder, like the final one, so its
-        # "../x.onnx" references resolve the same; the published folder is re-opened below.
-        variant = models.ModelsFolder(root=root, folder=staging, precision=precision, manifest=manifest)
-        figures = evaluate_variant(fp32, variant, data, rcp, threads)
-        verdict = gate.judge(evaluate.gate_figures(figures["unet"], figures["end_to_end"], figures["vae"]),
-                             limits, fp32.provenance)
-        keep = {k: list(d.get("keep_fp32", {})) for k, d in built["conversion"].items() if d.get("converted")}
-        used = rcp.replace(keep={**rcp.keep, **keep})
-        report = _report(fp32, precision, used, data, built, figures, verdict, build_s, t0)
+        staged = stage_variant(fp32, precision, rcp, limits, data, staging, threads=threads)
+        built, figures, verdict, manifest = staged["built"], staged["figures"], staged["verdict"], staged["manifest"]
+        used = rcp
+        if precision == "fp16":
+            keep = {k: list(d.get("keep_fp32", {})) for k, d in built["conversion"].items() if d.get("converted")}
+            used = rcp.replace(keep={**rcp.keep, **keep})
+        report = _report(fp32, precision, used, data, built, figures, verdict, staged["build_s"], t0)
         log.info(gate.summary(verdict))
         if verdict[contract.GATE_STATUS] == gate.GATE_FAILED:
             raise UserError(f"{precision} variant rejected, nothing written: {gate.summary(verdict)}")
@@ -277,6 +300,26 @@ def make_variant(fp32: models.ModelsFolder, precision: str, rcp: recipes.Recipe,
     log.info("wrote %s (unet %.1f MB = %.0f%% of fp32)", folder, figures["sizes"][contract.UNET.key]["variant_bytes"] / 1e6,
              100 * figures["sizes"][contract.UNET.key]["ratio"])
     return {"variant": precision, "folder": str(folder), "gate": verdict, "report": report}
+
+
+def stage_variant(fp32: models.ModelsFolder, precision: str, rcp: recipes.Recipe, limits: dict, data: Data,
+                  staging: Path, *, threads: int = 0) -> dict:
+    """Build a variant into ``staging`` (a folder directly inside the models folder) and judge it:
+    {"built", "figures", "verdict", "manifest", "build_s"}. Publishes nothing."""
+    t = time.perf_counter()
+    build = build_fp16 if precision == "fp16" else build_int8
+    built = build(fp32, staging, data, rcp, threads)
+    G.release_memory()
+    build_s = time.perf_counter() - t
+    manifest = models.variant_manifest(fp32, precision, staging, built["paths"], built.get("manifest"))
+    models.write_manifest(staging, manifest)
+    # The staged folder sits directly inside the models folder, like the final one, so its
+    # "../x.onnx" references resolve the same.
+    variant = models.ModelsFolder(root=fp32.root, folder=staging, precision=precision, manifest=manifest)
+    figures = evaluate_variant(fp32, variant, data, rcp, threads)
+    verdict = gate.judge(evaluate.gate_figures(figures["unet"], figures["end_to_end"], figures["vae"]),
+                         limits, fp32.provenance)
+    return {"built": built, "figures": figures, "verdict": verdict, "manifest": manifest, "build_s": build_s}
 
 
 def _gate_record(verdict: dict, figures: dict) -> dict:

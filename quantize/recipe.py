@@ -1,11 +1,16 @@
-"""Quantization recipes: what data a variant is measured on and how its keep-list is found.
+"""Quantization recipes: what data a variant is measured on, and how it is made.
 
 A ``Recipe`` holds every choice of one quantize run that is not a gate threshold: the photo split,
-the masks, the pipeline settings of the trajectories, and the precision's own knobs. Defaults are
-the shipped recipe; ``--recipe FILE`` (JSON, any subset of the fields) overrides them. Each
-variant folder gets ``recipe.json`` (``contract.QUANTIZE_RECIPE_FILE``): the effective recipe with
-``keep`` filled in with the keep-list that was used, so ``quantize --recipe DIR/fp16/recipe.json``
-rebuilds the same variant (set ``"measure": false`` to skip the measurement).
+the masks, the pipeline settings of the trajectories, and the precision's own knobs (``FP16_FIELDS``,
+``INT8_FIELDS``: a recipe file for one precision may not set the other's). Defaults are the
+shipped recipes; ``--recipe FILE`` (JSON, any subset of the fields) overrides them. Each variant
+folder gets ``recipe.json`` (``contract.QUANTIZE_RECIPE_FILE``), the effective recipe:
+
+* fp16: ``keep`` filled in with the keep-list that was used, so ``quantize --recipe
+  DIR/fp16/recipe.json`` rebuilds the same variant (``"measure": false`` skips the measurement);
+* int8: the exclusions (``exclude``), each with its reason and the measurement behind it
+  (``INT8_EXCLUDE``, from ``benchmarks/quantize_int8.py``); re-applying the recipe to the same
+  FP32 graphs gives the same graph.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from pathlib import Path
 
 from moebius_edge import contract
 from moebius_edge.errors import UserError
-from moebius_edge.quantize import fp16
+from moebius_edge.quantize import fp16, int8
 
 # The photos of tests/data/photos (licences in its README). Disjoint: the calibration photos
 # decide what stays FP32 (and trained the stand-in), the held-out photos judge the result.
@@ -28,6 +33,23 @@ VAE_MODES = ("auto", "fp32")  # auto: convert a VAE graph only if its check pass
 # this PSNR of FP32 (images in [0, 1], peak 1): 40 dB is an RMS error of 2.5 uint8 levels, a
 # budget well inside the end-to-end gate's 35 dB.
 VAE_MIN_PSNR_DB = 40.0
+# The shipped INT8 exclusions: what stays FP32, each with the reason and the measurement behind it
+# (benchmarks/quantize_int8.py; figures in benchmarks/results/quantize_int8.json; "alone": only that
+# group quantized, UNet ε PSNR min over the stand-in's held-out steps). Not excluded: the λ MatMuls
+# (alone 48.0 dB on the stand-in: the sensitivity pass clears them) and every other group (alone
+# ≥ 34.7 dB, and each kept FP32 gains ≤ 0.9 dB while costing speed).
+INT8_EXCLUDE = (
+    {"group": "conv_in",
+     "reason": "the most sensitive group: one per-tensor scale for the noisy latent, the 0/1 mask and the masked "
+               "latent; quantized alone it leaves 32.4 dB UNet eps PSNR on the stand-in (every other group alone: "
+               ">= 34.7 dB), and keeping it FP32 gains +1.4 dB with everything else quantized; ~0 % of the FLOPs"},
+    {"group": "conv_out",
+     "reason": "writes eps itself: quantized alone 37.1 dB on the stand-in, +0.5 dB kept FP32; C -> 4 channels, "
+               "~0 % of the FLOPs"},
+    {"group": "time_mlp",
+     "reason": "the time embedding every block reads (quantized alone 45.3 dB on the stand-in); two tiny Gemms, "
+               "free to keep"},
+)
 
 
 @dataclass(frozen=True)
@@ -54,15 +76,28 @@ class Recipe:
     vae_error_inputs: int = 1  # calibration inputs of each VAE graph for the error pass (512² activations are large)
     vae: str = "auto"  # VAE_MODES
     vae_min_psnr_db: float = VAE_MIN_PSNR_DB
+    # -- INT8 (quantize/int8.py): static QDQ, per-channel symmetric S8 weights
+    activation_type: str = "uint8"  # int8.ACTIVATION_TYPES
+    calibration_method: str = "minmax"  # int8.CALIBRATION_METHODS (histogram methods: small models only)
+    calibration_inputs: int = 0  # calibration UNet inputs (spread over the trajectories; 0: all)
+    exclude: tuple = INT8_EXCLUDE  # [{"group": G} | {"node": REGEX}, with "reason"]: kept FP32
     # -- report
     latency_reps: int = 5  # UNet step timings, FP32 and variant interleaved
 
     def to_json(self) -> dict:
+        """The fields of this recipe's precision (and the common ones)."""
         d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        other = INT8_FIELDS if self.precision == "fp16" else FP16_FIELDS
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items() if k not in other}
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)
+
+
+# The fields only one precision reads; every other field is common.
+FP16_FIELDS = frozenset({"measure", "keep", "safe_abs_max", "error_min", "error_gain", "error_rounds", "range_inputs",
+                         "error_inputs", "vae_error_inputs", "vae", "vae_min_psnr_db"})
+INT8_FIELDS = frozenset({"activation_type", "calibration_method", "calibration_inputs", "exclude"})
 
 
 def _coerce(name: str, value, default):
@@ -72,6 +107,11 @@ def _coerce(name: str, value, default):
             if not isinstance(value, bool):
                 raise TypeError
             return value
+        if name == "exclude":
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
+            int8.check_exclusions(list(value))
+            return tuple(dict(v) for v in value)
         if isinstance(default, tuple):
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 raise TypeError
@@ -109,6 +149,9 @@ def from_dict(d: dict, precision: str) -> Recipe:
     unknown = set(d) - set(defaults)
     if unknown:
         raise UserError(f"unknown recipe fields: {', '.join(sorted(unknown))} (known: {', '.join(defaults)})")
+    foreign = set(d) & (INT8_FIELDS if precision == "fp16" else FP16_FIELDS)
+    if foreign:
+        raise UserError(f"recipe fields {', '.join(sorted(foreign))} do not apply to {precision}")
     values = {k: _coerce(k, v, defaults[k]) for k, v in d.items()}
     field = contract.manifest_key(contract.META_PRECISION)  # the recipe's own "precision" field
     if values.get(field, precision) != precision:
@@ -142,6 +185,14 @@ def check(r: Recipe) -> None:
         raise UserError(f"recipe field 'vae' must be one of {', '.join(VAE_MODES)}, got {r.vae!r}")
     if not 0 < r.safe_abs_max <= fp16.FP16_MAX:
         raise UserError(f"safe_abs_max must be in (0, {fp16.FP16_MAX:g}]")
+    if r.activation_type not in int8.ACTIVATION_TYPES:
+        raise UserError(f"activation_type must be one of {', '.join(int8.ACTIVATION_TYPES)}, got {r.activation_type!r}")
+    if r.calibration_method not in int8.CALIBRATION_METHODS:
+        raise UserError(f"calibration_method must be one of {', '.join(int8.CALIBRATION_METHODS)}, "
+                        f"got {r.calibration_method!r}")
+    if r.calibration_inputs < 0:
+        raise UserError("calibration_inputs must be ≥ 0 (0: all)")
+    int8.check_exclusions(list(r.exclude))
     if min(r.error_inputs, r.vae_error_inputs, r.latency_reps) < 1 or min(r.range_inputs, r.error_rounds) < 0:
         raise UserError("error_inputs, vae_error_inputs and latency_reps must be ≥ 1, range_inputs and "
                         "error_rounds ≥ 0")

@@ -57,10 +57,26 @@ def markdown(r: dict) -> str:
                    f"{100 * s['ratio']:.1f} % | `{s['graph_file']}` |")
     out += ["", "## Graphs and keep-lists", ""]
     for k, d in r["conversion"].items():
-        state = "converted to FP16" if d.get("converted") else "kept FP32 (referenced, not copied)"
+        state = (f"converted to {r['variant'].upper()}" if d.get("converted")
+                 else "kept FP32 (referenced, not copied)")
         out.append(f"### {k}: {state}")
         if d.get("why"):
             out.append(f"{d['why']}.")
+        if "groups" in d:  # int8
+            out += [f"Static QDQ: activations {d['activation_type']}, weights {d['weight_type']}, calibration "
+                    f"{d['calibration_method']} on {d['calibration_inputs']} UNet inputs.", "",
+                    "| group | what | quantizable | quantized |", "|---|---|---|---|"]
+            out += [f"| {g} | {v['what']} | {v['quantizable']} | {v['quantized']} |" for g, v in d["groups"].items()]
+            excluded = d.get("excluded") or {}
+            reasons = {}
+            for name, e in excluded.items():
+                reasons.setdefault(json.dumps(e, sort_keys=True), []).append(name)
+            if reasons:
+                out += ["", "Kept FP32 (recipe exclusions):", ""]
+                for e, names in reasons.items():
+                    e = json.loads(e)
+                    what = f"group `{e['group']}`" if "group" in e else f"nodes matching `{e['node']}`"
+                    out.append(f"- {what} ({len(names)} nodes): {e.get('reason', '')}")
         if "activation_abs_max" in d:
             out.append(f"Largest |activation| on calibration inputs: {_f(d['activation_abs_max'], 1)}; "
                        f"tensors beyond the safe range: {len(d['range_flagged_tensors'])}.")
@@ -76,7 +92,7 @@ def markdown(r: dict) -> str:
                 m = {k2: v for k2, v in e.items() if k2 not in ("op", "reason")}
                 out.append(f"| `{name}` | {e['op']} | {e['reason']} | "
                            f"{', '.join(f'{k2} {_f(v, 4) if isinstance(v, float) else v}' for k2, v in m.items())} |")
-        elif d.get("converted"):
+        elif d.get("converted") and "groups" not in d:
             out.append("No node kept in FP32.")
         out.append("")
     u = r["unet"]

@@ -195,6 +195,9 @@ MANIFEST_GRAPHS = "graphs"  # {graph key: graph entry}
 MANIFEST_ALPHAS_CUMPROD = "alphas_cumprod"  # 1000 float32 values exactly as torch computes them
 MANIFEST_STATIC_BATCH = "static_batch"  # true: batch fixed to 1 (mobile execution providers)
 MANIFEST_SOURCE_GRAPHS = "source_graphs"  # variants: {graph key: SHA-256 of the FP32 graph used}
+# Variants whose operators need a newer ONNX Runtime than FP32 (int8 QDQ): "MAJOR.MINOR", checked
+# when the folder is opened.
+MANIFEST_MIN_ONNXRUNTIME = "min_onnxruntime"
 # A graph entry. GRAPH_FILE is relative to the manifest's folder ("../x.onnx": a variant that
 # keeps the FP32 graph references it); GRAPH_EXTERNAL_DATA is an entry of the same form.
 GRAPH_FILE = "file"

@@ -225,7 +225,31 @@ def open_models(models_dir, precision: str = "fp32") -> ModelsFolder:
             _check_file(path, e, where, f"graph {spec.key!r}" if e is entry else f"{spec.key!r} external data")
     if precision != "fp32":
         check_source(m)
+    check_onnxruntime(m)
     return m
+
+
+def _version(text: str) -> tuple:
+    """(major, minor) of a version string ("1.18", "1.32.0", "1.20.0.dev20240101")."""
+    parts = []
+    for atom in str(text).split(".")[:2]:
+        digits = "".join(ch for ch in atom if ch.isdigit()) if atom[:1].isdigit() else ""
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts + [0] * (2 - len(parts)))
+
+
+def check_onnxruntime(m: ModelsFolder, installed: str | None = None) -> None:
+    """Refuse a folder whose graphs need a newer ONNX Runtime than the one installed."""
+    need = m.manifest.get(contract.MANIFEST_MIN_ONNXRUNTIME)
+    if not need:
+        return
+    if installed is None:
+        import onnxruntime
+
+        installed = onnxruntime.__version__
+    if _version(installed) < _version(need):
+        raise UserError(f"the {m.precision} models in {m.folder} need onnxruntime >= {need} (installed: "
+                        f"{installed}); upgrade it: pip install -U onnxruntime")
 
 
 def source_digests(fp32_manifest: dict) -> dict:

@@ -4,7 +4,7 @@ import logging
 import numpy as np
 import pytest
 
-from .goldens import DATA, load_golden_model, load_tiny_vae
+from .goldens import DATA, export_standin, load_golden_model, load_tiny_vae
 
 __all__ = ["DATA"]
 
@@ -31,6 +31,15 @@ def tiny_models_dir(tmp_path_factory):
     export_models(load_golden_model(1), vae, scaling_factor, out,
                   provenance="checkpoint:tiny_weights.safetensors")
     return out
+
+
+@pytest.fixture(scope="session")
+def standin_dir(tmp_path_factory):
+    """The trained stand-in (tests/data/standin_weights.*: the tiny preset trained briefly as a
+    denoiser) exported like any checkpoint, for the quantize tests' gates. Torch is needed for
+    the export only."""
+    pytest.importorskip("torch")
+    return export_standin(tmp_path_factory.mktemp("standin") / "models")
 
 
 @pytest.fixture(scope="session")

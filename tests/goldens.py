@@ -42,3 +42,19 @@ def load_tiny_vae():
     vae = AutoencoderKL.from_config(config)
     vae.load_state_dict(load_file(DATA / "tiny_vae_weights.safetensors"), strict=True)
     return vae.eval(), float(config["scaling_factor"])
+
+
+def export_standin(out) -> Path:
+    """The trained stand-in (standin_weights.safetensors: the tiny preset trained briefly as a
+    denoiser by export/train_standin.py) exported like any checkpoint into ``out``."""
+    from safetensors.torch import load_file
+
+    from moebius_edge.export.config import PRESETS
+    from moebius_edge.export.model import build_removal_model
+    from moebius_edge.export.onnx_export import export_models
+
+    model = build_removal_model(PRESETS["tiny"])
+    model.load_state_dict(load_file(DATA / "standin_weights.safetensors"), strict=True)
+    vae, sf = load_tiny_vae()
+    export_models(model.eval(), vae, sf, out, provenance="checkpoint:standin_weights.safetensors")
+    return Path(out)

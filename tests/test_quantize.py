@@ -27,35 +27,6 @@ PHOTOS = DATA / "photos"
 FAST = {"calibration_masks": 1, "held_out_masks": 2, "steps": 8, "error_inputs": 2, "latency_reps": 1}
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    # cli.main installs its own handler on the package logger; put things back for other tests.
-    log = logging.getLogger("moebius_edge")
-    saved = (log.handlers[:], log.level, log.propagate)
-    yield
-    log.handlers[:], log.level, log.propagate = saved
-
-
-@pytest.fixture(scope="module")
-def standin_dir(tmp_path_factory):
-    """The stand-in exported like any checkpoint (torch is needed for the export only)."""
-    pytest.importorskip("torch")
-    from safetensors.torch import load_file
-
-    from moebius_edge.export.config import PRESETS
-    from moebius_edge.export.model import build_removal_model
-    from moebius_edge.export.onnx_export import export_models
-
-    from .goldens import load_tiny_vae
-
-    model = build_removal_model(PRESETS["tiny"])
-    model.load_state_dict(load_file(DATA / "standin_weights.safetensors"), strict=True)
-    vae, sf = load_tiny_vae()
-    out = tmp_path_factory.mktemp("standin") / "models"
-    export_models(model.eval(), vae, sf, out, provenance="checkpoint:standin_weights.safetensors")
-    return out
-
-
 def _copy(src, tmp_path, name="models"):
     dst = tmp_path / name
     shutil.copytree(src, dst)
@@ -92,8 +63,9 @@ def fp16_dir(standin_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fp16")
     root = _copy(standin_dir, tmp)
     recipe = _recipe_file(tmp)
-    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH, "-q", "quantize", "--models", str(root), "--recipe",
-                           str(recipe), "--photos", str(PHOTOS)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH, "-q", "quantize", "--models", str(root), "--precision",
+                           "fp16", "--recipe", str(recipe), "--photos", str(PHOTOS)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root, json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -244,7 +216,8 @@ def test_broken_variant_fails_the_gate_and_leaves_no_variant(standin_dir, tmp_pa
     root = _copy(standin_dir, tmp_path)
     _overflowing(root)
     recipe = _recipe_file(tmp_path, measure=False, keep={}, vae="fp32")
-    rc = cli.main(["-q", "quantize", "--models", str(root), "--recipe", str(recipe), "--photos", str(PHOTOS)])
+    rc = cli.main(["-q", "quantize", "--models", str(root), "--precision", "fp16", "--recipe", str(recipe),
+                   "--photos", str(PHOTOS)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     errors = [line for line in err if line.startswith("moebius-edge quantize: error:")]
@@ -368,7 +341,6 @@ def test_interrupted_quantize_leaves_the_old_variant_and_no_staging(fp16_dir, fp
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--precision", "int8"], "not available yet"),
     (["--recipe", "{missing}"], "recipe not found"),
     (["--recipe", "{bad_field}"], "unknown recipe fields: colour"),
     (["--recipe", "{overlap}"], "must be disjoint"),
@@ -380,7 +352,7 @@ def test_quantize_user_errors_are_one_line(standin_dir, tmp_path, capsys, args, 
     (tmp_path / "overlap.json").write_text(json.dumps({"held_out_photos": ["chelsea.jpg"]}))
     files.update(bad_field=tmp_path / "bad.json", overlap=tmp_path / "overlap.json")
     args = [a.format(**{k: str(v) for k, v in files.items()}) for a in args]
-    assert cli.main(["quantize", "--models", str(standin_dir), *args]) == 2
+    assert cli.main(["quantize", "--models", str(standin_dir), "--precision", "fp16", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert not (standin_dir / "fp16").exists()

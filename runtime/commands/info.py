@@ -51,6 +51,7 @@ def _variant(root: Path, precision: str) -> dict:
     if folder != root:
         out["own_bytes"] = sum(int(g[contract.GRAPH_BYTES] or 0) for g in graphs.values() if not g["shared_with_fp32"])
         out[contract.MANIFEST_QUANTIZE_GATE] = manifest.get(contract.MANIFEST_QUANTIZE_GATE)
+        out[contract.MANIFEST_MIN_ONNXRUNTIME] = manifest.get(contract.MANIFEST_MIN_ONNXRUNTIME)
     return out
 
 
@@ -142,6 +143,8 @@ def _print(d: dict) -> None:
         if contract.MANIFEST_QUANTIZE_GATE in v:
             report = f"{p}/{contract.QUANTIZE_REPORT_MD}"
             w(f"       own files: {_mb(v['own_bytes'])}; gate {_gate_line(v[contract.MANIFEST_QUANTIZE_GATE], report)}\n")
+        if v.get(contract.MANIFEST_MIN_ONNXRUNTIME):
+            w(f"       needs onnxruntime >= {v[contract.MANIFEST_MIN_ONNXRUNTIME]}\n")
         if v[_PARITY]:
             w(f"       parity: {json.dumps(v[_PARITY], sort_keys=True)}\n")
         for k, lic in (v[_LICENSES] or {}).items():

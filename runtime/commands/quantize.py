@@ -1,4 +1,4 @@
-"""`moebius-edge quantize`: FP16 (and, next, INT8) variants of an exported models folder.
+"""`moebius-edge quantize`: FP16 and INT8 variants of an exported models folder.
 
     moebius-edge quantize --models DIR [--precision fp16|int8|all] [--recipe FILE] [--photos DIR]
 
@@ -35,9 +35,11 @@ def _quantize(args) -> int:
     for r in results:
         rep = r["report"]
         unet = rep["sizes"][contract.UNET.key]
-        print(f"{r['folder']}: unet {unet['variant_bytes'] / 2**20:.1f} MiB ({100 * unet['ratio']:.1f} % of fp32); "
-              f"VAE encoder {'fp16' if rep['conversion'][contract.VAE_ENCODER.key].get('converted') else 'fp32'}, "
-              f"decoder {'fp16' if rep['conversion'][contract.VAE_DECODER.key].get('converted') else 'fp32'}")
+        vae = {k: r["variant"] if rep["conversion"][k].get("converted") else "fp32"
+               for k in (contract.VAE_ENCODER.key, contract.VAE_DECODER.key)}
+        print(f"{r['folder']}: unet {unet['variant_bytes'] / 2**20:.1f} MiB ({100 * unet['ratio']:.1f} % of fp32), "
+              f"step ×{1 / rep['latency']['ratio']:.2f} the fp32 speed on this CPU; VAE encoder "
+              f"{vae[contract.VAE_ENCODER.key]}, decoder {vae[contract.VAE_DECODER.key]}")
         print(f"  {summary(r['gate'])}")
         print(f"  report: {r['folder']}/{contract.QUANTIZE_REPORT_MD}")
     if args.json:
@@ -50,14 +52,14 @@ def _quantize(args) -> int:
 
 def register(sub):
     p = sub.add_parser(
-        "quantize", help="make FP16 (INT8: next release) variants of an exported models folder, behind a quality gate",
+        "quantize", help="make FP16 and INT8 variants of an exported models folder, behind a quality gate",
         description="Convert the FP32 graphs of a models folder to a smaller precision, keeping in FP32 what "
         "measurement on calibration photos says must stay FP32, and judge the result against FP32 on held-out "
         "photos. A variant that fails its quality gate is not written (exit 2).")
     p.add_argument("--models", default=contract.DEFAULT_MODELS_DIR, metavar="DIR",
                    help="models folder written by `moebius-edge export`")
-    p.add_argument("--precision", choices=PRECISION_CHOICES, default=PRECISION_CHOICES[0],
-                   help="variant to make (all: every precision this version can make)")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="all",
+                   help="variant to make (default all: fp16 then int8; --recipe needs one precision)")
     p.add_argument("--recipe", metavar="FILE",
                    help="recipe JSON overriding the shipped one (e.g. a variant's recipe.json to rebuild it)")
     p.add_argument("--photos", default=DEFAULT_PHOTOS_DIR, metavar="DIR",
