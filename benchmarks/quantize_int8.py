@@ -25,7 +25,6 @@ Writes benchmarks/results/quantize_int8.json; prints the trade-off table last.
 import argparse
 import json
 import logging
-import platform
 import resource
 import shutil
 import sys
@@ -38,6 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine_info import describe  # noqa: E402
 from moebius_edge import contract, models  # noqa: E402
 from moebius_edge.quantize import evaluate, gate, int8, job  # noqa: E402
 from moebius_edge.quantize import graph as G  # noqa: E402
@@ -61,22 +61,6 @@ CANDIDATES = (
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def machine() -> dict:
-    import onnxruntime as ort
-
-    flags = ""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
-        flags = next((ln.split(":", 1)[1] for ln in info.splitlines() if ln.startswith("flags")), "")
-    except OSError:
-        model = platform.processor()
-    import os
-
-    return {"cpu": model, "cores": os.cpu_count(), "onnxruntime": ort.__version__, "python": platform.python_version(),
-            "avx512_vnni": "avx512_vnni" in flags.split(), "avx2": "avx2" in flags.split()}
 
 
 class Context:
@@ -298,7 +282,7 @@ def main():
         logging.getLogger(name).setLevel(logging.WARNING)
     path = Path(args.json)
     results = json.loads(path.read_text()) if path.is_file() else {}
-    results["machine"] = machine()
+    results["machine"] = describe()
     if not args.skip_standin:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from machine_info import describe  # benchmarks/, this script's folder
 from moebius_edge import cli, contract
 from moebius_edge.models import open_models
 
@@ -91,8 +91,7 @@ def main(argv=None) -> int:
         print(f"| {r['config']} | {r['wall_s']} | {r['images_per_min']} | {r['busy_s_per_image']} |")
     result = {"benchmark": "scale", "rows": args.rows, "photo": [W, H], "steps": args.steps,
               "models_provenance": models.provenance, "native": models.image_size,
-              "machine": {"processor": platform.processor() or platform.machine(), "cores": cpus,
-                          "python": platform.python_version(), "load_average": os.getloadavg()},
+              "machine": {**describe(), "cores": cpus},
               "runs": runs}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

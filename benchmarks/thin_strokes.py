@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from machine_info import describe  # benchmarks/, this script's folder
 from moebius_edge import contract, masks
 from moebius_edge.models import open_models
 
@@ -128,8 +127,7 @@ def main(argv=None) -> int:
               f"{r['changed_beyond_px']:.0f} | {r['wall_s']} |")
     result = {"benchmark": "thin_strokes", "photo": [W, H], "wire_px_width": WIRE, "steps": args.steps,
               "models_provenance": m.provenance, "native": m.image_size,
-              "machine": {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "python": platform.python_version()},
+              "machine": describe(),
               "runs": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

@@ -109,8 +109,9 @@ def test_fp16_variant_of_the_standin_passes_its_gate(fp16_dir):
     assert not [p for p in root.iterdir() if p.name.startswith(".")]
 
 
-def test_run_and_info_use_the_fp16_variant(fp16_dir, tmp_path, capsys):
-    root, _ = fp16_dir
+def run_precisions(root, tmp_path, precisions) -> tuple:
+    """`moebius-edge run` on a held-out photo with a box mask, once per precision: ({precision:
+    (H, W, 3) int array}, the mask)."""
     from PIL import Image
 
     photo = np.asarray(Image.open(PHOTOS / "grace_hopper.jpg").convert("RGB"))
@@ -119,10 +120,16 @@ def test_run_and_info_use_the_fp16_variant(fp16_dir, tmp_path, capsys):
     Image.fromarray(photo).save(tmp_path / "p.png")
     Image.fromarray(mask).save(tmp_path / "m.png")
     outs = {}
-    for p in ("fp32", "fp16"):
+    for p in precisions:
         assert cli.main(["-q", "run", str(tmp_path / "p.png"), str(tmp_path / "m.png"), "--models", str(root),
                          "--precision", p, "-o", str(tmp_path / f"{p}.png"), "--json"]) == 0
         outs[p] = np.asarray(Image.open(tmp_path / f"{p}.png")).astype(int)
+    return outs, mask
+
+
+def test_run_and_info_use_the_fp16_variant(fp16_dir, tmp_path, capsys):
+    root, _ = fp16_dir
+    outs, mask = run_precisions(root, tmp_path, ("fp32", "fp16"))
     hole = mask > 127
     mse = ((outs["fp16"][hole] - outs["fp32"][hole]) ** 2).mean()
     assert mse == 0 or 10 * np.log10(255 ** 2 / mse) >= 35

@@ -14,7 +14,7 @@ import pytest
 from moebius_edge import cli, contract, models
 from moebius_edge.errors import UserError
 
-from .test_quantize import BLOCK_TORCH, FAST, PHOTOS, _copy
+from .test_quantize import BLOCK_TORCH, FAST, PHOTOS, _copy, run_precisions
 
 onnx = pytest.importorskip("onnx")
 INT8_FAST = {k: v for k, v in FAST.items() if k not in ("error_inputs",)}
@@ -75,19 +75,8 @@ def test_int8_variant_of_the_standin_passes_its_gate(int8_dir):
 
 
 def test_run_and_info_use_the_int8_variant(int8_dir, tmp_path, capsys):
-    from PIL import Image
-
     root, _ = int8_dir
-    photo = np.asarray(Image.open(PHOTOS / "grace_hopper.jpg").convert("RGB"))
-    mask = np.zeros(photo.shape[:2], np.uint8)
-    mask[200:260, 150:330] = 255
-    Image.fromarray(photo).save(tmp_path / "p.png")
-    Image.fromarray(mask).save(tmp_path / "m.png")
-    outs = {}
-    for p in ("fp32", "int8"):
-        assert cli.main(["-q", "run", str(tmp_path / "p.png"), str(tmp_path / "m.png"), "--models", str(root),
-                         "--precision", p, "-o", str(tmp_path / f"{p}.png")]) == 0
-        outs[p] = np.asarray(Image.open(tmp_path / f"{p}.png")).astype(int)
+    outs, mask = run_precisions(root, tmp_path, ("fp32", "int8"))
     hole = mask > 127
     mse = ((outs["int8"][hole] - outs["fp32"][hole]) ** 2).mean()
     assert 0 < mse and 10 * np.log10(255 ** 2 / mse) >= 28  # different, within the gate
