@@ -3,6 +3,8 @@ PY ?= .venv/bin/python
 MODELS ?= models
 VARIANT ?= pretrained
 PYTEST_ARGS ?=
+# Ray (run-dataset, its tests) reports usage statistics unless this is 0.
+export RAY_USAGE_STATS_ENABLED ?= 0
 
 .PHONY: setup test test-slow export quantize bench demo clean
 
@@ -25,7 +27,7 @@ ifneq ($(strip $(TORCH_INDEX)),)
 	$(if $(TORCH_REQUIREMENT),,$(error pyproject.toml has no "torch==VERSION" pin for the TORCH_INDEX step))
 	$(PY) -m pip install -q --timeout 10 --retries 1 --extra-index-url $(TORCH_INDEX) $(TORCH_REQUIREMENT)
 endif
-	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[export,quantize,dev]"
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[export,quantize,mobile,dev,ray]"
 
 test:
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -35,7 +35,101 @@ def thin_strokes(r: dict) -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"thin_strokes": thin_strokes}
+def _fp16_row(name: str, q: dict) -> str:
+    u, e, lat = q["unet_steps"], q["end_to_end"], q["latency"]
+    status = q["gate"]["status"] + ("" if q["gate"]["enforced"] else " (advisory: random weights)")
+    keep = q["keep"].get("unet", {}).get("keep_fp32", {})
+    vae = ", ".join(f"{k.split('_')[1]} {'fp16' if v['converted'] else 'fp32'}" for k, v in q["keep"].items()
+                    if k != "unet")
+    return (f"| {name} | {status} | {e['hole_psnr_min_db']:.1f} | {e['crop_ssim_min']:.4f} | {u['psnr_min_db']:.1f} | "
+            f"{u['cosine_mean']:.6f} | {100 * q['unet_ratio']:.1f} % | {len(keep)} | {vae} | "
+            f"{lat['fp32_median_s']:.3f} / {lat['variant_median_s']:.3f} | "
+            f"{q['wall_s'] / 60:.0f} min, {q['peak_rss_mb'] / 1024:.1f} GB |")
+
+
+def quantize_fp16(r: dict) -> str:
+    lines = ["`benchmarks/quantize_fp16.py` (the shipped FP16 recipe through `moebius-edge quantize`; gate: hole "
+             "PSNR ≥ 35 dB, mean step ε cosine ≥ 0.99, no NaN/Inf; the CPU provider computes Conv/MatMul/Gemm in "
+             "FP32, so CPU step times say nothing of FP16 speed on a GPU or NPU):", "",
+             "| model | gate | hole PSNR min dB | crop SSIM min | UNet ε PSNR min dB | mean step ε cosine | FP16 UNet / "
+             "FP32 | UNet nodes kept FP32 | VAE | CPU step s, FP32 / FP16 | quantize time, peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, name in (("standin", "trained stand-in (tiny, 128 px)"), ("full_random_init", "full size, random init (512 px)")):
+        if key in r:
+            lines.append(_fp16_row(name, r[key]))
+    return "\n".join(lines)
+
+
+def quantize_int8(r: dict) -> str:
+    st = r.get("standin", {})
+    full = r.get("full_random_init", {})
+    fr = {c["name"]: c for c in full.get("tradeoff", [])}
+    lines = ["`benchmarks/quantize_int8.py`: candidate recipes from everything quantized to the most careful. "
+             "Stand-in columns go through the real gate (hole PSNR ≥ 28 dB, mean step ε cosine ≥ 0.99); full-size "
+             "columns are random weights, measured side by side with FP32 in one process (figures advisory). "
+             f"CPU: {r['machine'].get('processor', r['machine'].get('cpu'))}, {r['machine']['cores']} cores, onnxruntime {r['machine']['onnxruntime']}.", "",
+             "| recipe | kept FP32 | activations | stand-in gate | hole PSNR min dB | mean ε cosine | full: UNet / FP32 "
+             "| full: CPU step vs FP32 | full: mean ε cosine (advisory) |", "|---|---|---|---|---|---|---|---|---|"]
+    shipped = r.get("shipped_candidate")
+    for c in st.get("tradeoff", []):
+        f = fr.get(c["name"])
+        mark = " **(shipped)**" if c["name"] == shipped else ""
+        lines.append(f"| {c['name']}{mark} | {', '.join(c['exclude']) or 'nothing'} | {c['activation_type']} | "
+                     f"{c['gate']} | {c['hole_psnr_min_db']:.1f} | {c['eps_cosine_mean']:.4f} | "
+                     + (f"{100 * f['unet_ratio']:.1f} % | {1 / f['latency']['ratio']:.2f}x faster | "
+                        f"{f['eps']['cosine_mean']:.4f} |" if f else "– | – | – |"))
+    if not fr:
+        lines += ["", "Full-size columns: not measured yet (`benchmarks/quantize_int8.py --skip-standin --models DIR` "
+                  "on a `make export RANDOM_INIT=1` folder); until then the shipped recipe is chosen by the stand-in "
+                  "gate and the FLOP share of what it keeps FP32 (conv_in, conv_out and the time MLP: ~0 %), not "
+                  "by a measured speed ranking."]
+    sens = st.get("sensitivity", {})
+    fsens = full.get("sensitivity", {})
+    if sens:
+        lines += ["", "Sensitivity per group (UNet ε PSNR min over held-out steps, dB; higher is better): the group "
+                  "alone quantized, and everything but the group and the λ MatMuls quantized:", "",
+                  "| group | nodes | stand-in: only this group | stand-in: all but this group | full size: only this "
+                  "group (advisory) |", "|---|---|---|---|---|"]
+        for g, v in sens.items():
+            loo = v.get("all_but_this")
+            fs = fsens.get(g, {}).get("only_this")
+            lines.append(f"| {g} | {v['nodes']} | {v['only_this']['psnr_min_db']:.1f} | "
+                         f"{loo['psnr_min_db']:.1f} |" if loo else f"| {g} | {v['nodes']} | "
+                         f"{v['only_this']['psnr_min_db']:.1f} | – |")
+            lines[-1] += f" {fs['psnr_min_db']:.1f} |" if fs else " – |"
+    sh = full.get("shipped")
+    if sh:
+        lines += ["", f"The shipped recipe on the full-size random-init folder (`{sh['command']}`): UNet "
+                  f"{100 * sh['unet_ratio']:.1f} % of FP32, CPU step {sh['latency']['fp32_median_s']:.2f} s → "
+                  f"{sh['latency']['variant_median_s']:.2f} s ({1 / sh['latency']['ratio']:.2f}x), quantize "
+                  f"{sh['seconds']['total'] / 60:.0f} min at {sh['peak_rss_mb'] / 1024:.1f} GB peak RSS; gate "
+                  f"{sh['gate']} (random weights)."]
+    return "\n".join(lines)
+
+
+def scale(r: dict) -> str:
+    w, h = r["photo"]
+    m = r["machine"]
+    lines = [f"{r['rows']} generated {w}×{h} photos, {r['steps']} steps, models `{r['models_provenance']}` "
+             f"({r['native']} px native), {m['cores']} cores, load average {m['load_average'][0]:.1f} from other "
+             f"jobs (`benchmarks/scale.py`). Wall time is the whole `run` command, or the actor pool's start (model "
+             f"loading included) to its last row; busy is an actor's own seconds per image:", "",
+             "| config | wall s | images/min | busy s per image |", "|---|---|---|---|"]
+    for run in r["runs"]:
+        lines.append(f"| {run['config']} | {run['wall_s']:.1f} | {run['images_per_min']:.1f} | "
+                     f"{run['busy_s_per_image']:.3f} |")
+    one = next((run for run in r["runs"] if run["actors"] == 1 and run["cpus_per_actor"] == 1), None)
+    if one:
+        busy = one["busy_s_per_image"]
+        lines += ["", f"Sizing a cluster: seconds per image × rows / actors. At the {busy:.3f} s per image "
+                  f"measured here for one 1-CPU actor, 10,000 rows on 10 such actors take about "
+                  f"{busy * 10_000 / 10 / 60:.0f} min; measure seconds per image on one actor of your node "
+                  f"type and model (docs/scale.md §6)."]
+    return "\n".join(lines)
+
+
+RENDERERS = {"thin_strokes": thin_strokes, "quantize_fp16": quantize_fp16, "quantize_int8": quantize_int8,
+             "scale": scale}
 
 
 def render(text: str) -> str:

@@ -1,6 +1,6 @@
 """The ``moebius-edge`` command line.
 
-Subcommands: download | check-weights | export | quantize | run | info. Each lives in
+Subcommands: download | check-weights | export | quantize | run | run-dataset | bundle | info. Each lives in
 ``moebius_edge/commands/<name>.py`` with a ``register(subparsers)`` that only declares arguments
 (light imports, so ``--help`` and ``--version`` are instant) and a handler that imports the heavy
 stage lazily. Every ``UserError`` (bad input, missing extra, wrong model file) becomes one line on
@@ -17,7 +17,7 @@ import sys
 from moebius_edge import __version__
 from moebius_edge.errors import UserError
 
-COMMANDS = ("download", "check_weights", "export", "quantize", "run", "info")
+COMMANDS = ("download", "check_weights", "export", "quantize", "run", "run_dataset", "bundle", "info")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

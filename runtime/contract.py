@@ -80,6 +80,18 @@ PROVIDERS = {
 AUTO_PROVIDERS = ("cuda", "coreml", "nnapi", "xnnpack")
 PROVIDER_CHOICES = ("auto", *PROVIDERS)
 
+# ---------------------------------------------------------------------------------------------
+# Mobile bundles (`moebius-edge bundle`, docs/mobile.md): ORT-format graphs plus bundle.json, the
+# one file a device app reads first (it names every other file of the bundle).
+BUNDLE_TARGETS = ("android", "ios")
+# Default precision per target, from what the execution providers take: the CoreML EP has no QDQ
+# kernels (INT8 would run on its CPU fallback), so iOS gets FP16; Android gets INT8 QDQ for the
+# CPU and XNNPACK EPs (FP16 is the alternative).
+BUNDLE_DEFAULT_PRECISION = {"android": "int8", "ios": "fp16"}
+BUNDLE_FILE = "bundle.json"
+BUNDLE_VERSION = 1  # bumped whenever a bundle.json field changes meaning
+ORT_MODEL_SUFFIX = ".ort"  # <graph key>.ort: ONNX Runtime's flatbuffer format for mobile builds
+
 
 # ---------------------------------------------------------------------------------------------
 # Graphs

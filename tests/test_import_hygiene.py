@@ -18,7 +18,8 @@ HEAVY = ("torch", "diffusers", "onnx", "onnxsim", "onnxscript", "safetensors", "
 BASE_MODULES = ("moebius_edge", "moebius_edge.cli", "moebius_edge.contract", "moebius_edge.errors",
                 "moebius_edge.scheduler", "moebius_edge.imageio", "moebius_edge.crop", "moebius_edge.session",
                 "moebius_edge.models", "moebius_edge.masks", "moebius_edge.hub",
-                "moebius_edge.pipeline", "moebius_edge.commands.run", "moebius_edge.commands.info")
+                "moebius_edge.pipeline", "moebius_edge.commands.run", "moebius_edge.commands.info",
+                "moebius_edge.commands.run_dataset")
 # Files under runtime/ whose function-level imports are checked too (everything `run` executes).
 CORE_FILES = ("__init__.py", "cli.py", "contract.py", "errors.py", "scheduler.py", "imageio.py", "crop.py",
               "session.py", "models.py", "masks.py", "pipeline.py", "commands/__init__.py", "commands/run.py",
@@ -35,6 +36,34 @@ def test_importing_the_runtime_imports_no_heavy_package():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+# The ray extra (run-dataset): Ray and what it brings along.
+RAY_EXTRA = ("ray", "pyarrow", "pandas")
+
+
+def test_the_base_install_never_imports_ray():
+    """Importing the runtime and every command's --help neither import Ray nor need it."""
+    code = ("import contextlib, importlib, io, json, sys\n"
+            "if sys.argv[1] == 'blocked':\n"
+            "    sys.modules['ray'] = None  # as on a base install: `import ray` fails\n"
+            f"for m in {BASE_MODULES!r}: importlib.import_module(m)\n"
+            "from moebius_edge.cli import COMMANDS, main\n"
+            "codes = []\n"
+            "for argv in [['--help'], *([c.replace('_', '-'), '--help'] for c in COMMANDS)]:\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n"
+            "        try:\n"
+            "            main(argv)\n"
+            "        except SystemExit as e:\n"
+            "            codes.append(e.code)\n"
+            f"print(json.dumps([codes, len(COMMANDS), sorted(m for m in {RAY_EXTRA!r} if sys.modules.get(m))]))\n")
+    for mode in ("installed", "blocked"):
+        proc = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        import json
+
+        codes, commands, imported = json.loads(proc.stdout)
+        assert len(codes) == commands + 1 and set(codes) == {0} and imported == [], (mode, proc.stdout)
 
 
 def test_models_module_and_quantize_package_work_with_torch_blocked(tmp_path):

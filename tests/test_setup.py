@@ -58,7 +58,7 @@ def test_torch_index_defaults_to_the_cpu_index_and_empty_skips_it():
     assert step[step.index("--extra-index-url") + 1] == TORCH_CPU_INDEX
     assert step[-1] == _torch_pin()  # the pin itself, so that the CPU build is the one that satisfies it
     assert float(step[step.index("--timeout") + 1]) <= 20  # an unreachable index must not stall setup
-    editable = [c for c in installs if c[-2:] == ["-e", ".[export,quantize,dev]"]]
+    editable = [c for c in installs if c[-2:] == ["-e", ".[export,quantize,mobile,dev,ray]"]]
     assert len(editable) == 1, installs
     # torch first: the editable install then finds the pin satisfied (2.13.0+cpu matches ==2.13.0)
     assert installs.index(step) < installs.index(editable[0])
@@ -89,7 +89,7 @@ def test_build_has_no_setuptools_warnings(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    for name in ("runtime", "export", "quantize"):
+    for name in sorted(set(_pyproject()["tool"]["setuptools"]["package-dir"].values())):  # every package folder
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     code = ("import json, sys, warnings\n"
             "from setuptools import build_meta\n"
@@ -105,7 +105,10 @@ def test_build_has_no_setuptools_warnings(tmp_path):
     assert caught == []
     names = zipfile.ZipFile(tmp_path / "dist" / wheel).namelist()
     assert {"moebius_edge/export/data/sdxl_vae_config.json", "moebius_edge/export/data/tiny_vae_config.json",
-            "moebius_edge/hub.py"} <= set(names)
+            "moebius_edge/hub.py", "moebius_edge/scale/dataset.py", "moebius_edge/commands/run_dataset.py"} <= set(names)
     metadata = zipfile.ZipFile(tmp_path / "dist" / wheel).read(next(n for n in names if n.endswith("/METADATA")))
     assert b"License-Expression: Apache-2.0" in metadata
-    assert b"Provides-Extra: hub" in metadata
+    assert b"Provides-Extra: hub" in metadata and b"Provides-Extra: ray" in metadata
+    # the mobile stage (`moebius-edge bundle`) and its extra
+    assert {"moebius_edge/mobile/bundle.py", "moebius_edge/mobile/ep_probe.py", "moebius_edge/commands/bundle.py"} <= set(names)
+    assert b"Provides-Extra: mobile" in metadata
