@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from moebius_edge import __version__, contract, models
+from moebius_edge import __version__, contract, models, onnx_files
 from moebius_edge.errors import UserError
 from moebius_edge.export.config import MoebiusConfig
 from moebius_edge.export.model import RemovalModel
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # dynamo exporter is not used.
 ONNX_OPSET = 17
 # Above this size a graph is written with external data (protobuf's 2 GB limit, with margin).
-EXTERNAL_DATA_THRESHOLD_BYTES = int(1.8e9)
+EXTERNAL_DATA_THRESHOLD_BYTES = onnx_files.EXTERNAL_DATA_THRESHOLD_BYTES
 # Parity gate: relative L2 error of ONNX Runtime against the unfused PyTorch model (measured
 # ≤ 1.2e-5 at full size, benchmarks/results/export_full.json).
 PARITY_REL_L2 = 1e-4
@@ -250,33 +250,9 @@ def _trace(wrapper: nn.Module, graph: contract.GraphSpec, args: tuple, static_ba
     return proto
 
 
-def _set_metadata(proto, metadata: dict) -> None:
-    del proto.metadata_props[:]
-    for k, v in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v if isinstance(v, str) else json.dumps(v)  # ONNX metadata is text
-
-
 def _save(proto, path: Path, metadata: dict) -> None:
-    """Write ``proto`` with ``metadata`` to ``path`` atomically (temp folder + renames). A graph
-    over ``EXTERNAL_DATA_THRESHOLD_BYTES`` gets its weights in ``<name>.data`` beside it (this
-    empties the tensors of ``proto``: do not reuse it)."""
-    import onnx
-
-    _set_metadata(proto, metadata)
-    sidecar = models.external_data_path(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        big = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD_BYTES
-        onnx.save_model(proto, str(tmp / path.name), save_as_external_data=big, all_tensors_to_one_file=True,
-                        location=sidecar.name if big else None)
-        if big:
-            os.replace(tmp / sidecar.name, sidecar)  # the data first: the graph names it
-        else:
-            sidecar.unlink(missing_ok=True)
-        os.replace(tmp / path.name, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """``onnx_files.save`` with this module's threshold (read at call time: tests lower it)."""
+    onnx_files.save(proto, path, metadata, threshold=EXTERNAL_DATA_THRESHOLD_BYTES)
 
 
 def _update_metadata(path: Path, extra: dict) -> None:
@@ -285,7 +261,7 @@ def _update_metadata(path: Path, extra: dict) -> None:
 
     proto = onnx.load(str(path), load_external_data=False)
     meta = {p.key: p.value for p in proto.metadata_props}
-    _set_metadata(proto, {**meta, **extra})
+    onnx_files.set_metadata(proto, {**meta, **extra})
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         onnx.save_model(proto, str(tmp))  # tensors keep pointing at the sidecar by name

@@ -12,26 +12,19 @@ inference are deliberately not used, because they import torch whenever it is in
 * ``collapse_fp16_round_trips``: remove the ``fp32 → Cast(fp16) → Cast(fp32)`` pairs the FP16
   converter leaves between two nodes kept in FP32 (they would round, and overflow, the very values
   the keep-list protects);
-* ``save``: atomic write, with one external-data sidecar over protobuf's 2 GB limit.
+* ``save`` (``moebius_edge.onnx_files``, shared with export): atomic write, with one external-data
+  sidecar over protobuf's 2 GB limit.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
-from moebius_edge import models
+from moebius_edge import onnx_files
 
 log = logging.getLogger(__name__)
 
-# Above this size a graph is written with external data (protobuf's 2 GB limit, with margin);
-# the same limit as the export stage.
-EXTERNAL_DATA_THRESHOLD_BYTES = int(1.8e9)
 # Nodes that only move, reshape or select values: they add no rounding of their own, so an error
 # seen after them was made before them (used when walking back to the node that made it).
 DATA_MOVEMENT_OPS = frozenset({"Reshape", "Transpose", "Slice", "Concat", "Unsqueeze", "Squeeze", "Expand",
@@ -60,42 +53,8 @@ def load(path):
     return onnx.load(str(path))
 
 
-def save(proto, path, metadata: dict | None = None) -> Path:
-    """Write ``proto`` to ``path`` atomically (temporary folder + renames); ``metadata`` updates
-    its ``metadata_props`` first. Over ``EXTERNAL_DATA_THRESHOLD_BYTES`` the weights go to one
-    ``<name>.data`` sidecar (``models.external_data_path``)."""
-    import onnx
-
-    path = Path(path)
-    if metadata:
-        set_metadata(proto, metadata)
-    sidecar = models.external_data_path(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        big = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD_BYTES
-        onnx.save_model(proto, str(tmp / path.name), save_as_external_data=big, all_tensors_to_one_file=True,
-                        location=sidecar.name if big else None)
-        if big:
-            os.replace(tmp / sidecar.name, sidecar)  # the data first: the graph names it
-        else:
-            sidecar.unlink(missing_ok=True)
-        os.replace(tmp / path.name, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
-def metadata(proto) -> dict:
-    return {p.key: p.value for p in proto.metadata_props}
-
-
-def set_metadata(proto, updates: dict) -> None:
-    """Merge ``updates`` into the ONNX metadata (values are text; structured values as JSON)."""
-    merged = {**metadata(proto), **{k: v if isinstance(v, str) else json.dumps(v) for k, v in updates.items()}}
-    del proto.metadata_props[:]
-    for k, v in merged.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
+# Atomic saves with metadata and an external-data sidecar: shared with the export stage.
+save, metadata, set_metadata = onnx_files.save, onnx_files.metadata, onnx_files.set_metadata
 
 
 def float_tensors(proto) -> dict:
