@@ -220,9 +220,6 @@ class _Reader:
     def __len__(self):
         return self._n
 
-    def rewind(self):  # not needed by quantize_static; part of the reader protocol
-        raise NotImplementedError
-
 
 # ---------------------------------------------------------------------------------------------
 # Quantize
@@ -248,6 +245,13 @@ def make_int8(src: Path, feeds: list, *, exclude: list, activation_type: str = "
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     check_exclusions(exclude)
+    import inspect
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        import onnxruntime
+
+        raise UserError(f"int8 quantization needs an onnxruntime whose quantize_static takes a calibration cache "
+                        f"(tested: 1.32; installed: {onnxruntime.__version__}): pip install -U onnxruntime")
     if activation_type not in ACTIVATION_TYPES or method not in CALIBRATION_METHODS:
         raise UserError(f"activation_type must be one of {ACTIVATION_TYPES} and method one of {CALIBRATION_METHODS}")
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=work) as tmp:
