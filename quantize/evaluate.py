@@ -96,21 +96,6 @@ def unet_steps(held, unet) -> dict:
             "cosine_mean": c["mean"], "finite": finite, "inputs": len(held.feeds[key])}
 
 
-def feathered_region(hole: np.ndarray, image_size: int, fidelity: str) -> np.ndarray:
-    """Every pixel the paste-back may touch: the union of each crop's feathered hole, by the
-    runtime's own crop plan and feather (``crop.plan_crops``, ``masks.feather``)."""
-    from moebius_edge import crop
-
-    h, w = hole.shape
-    labels, crops = crop.plan_crops(hole, image_size)
-    out = np.zeros((h, w), bool)
-    for c in crops:
-        r = c.region(w, h)
-        group = np.isin(labels[r.slices], c.labels)
-        out[r.slices] |= masks.feather(group, crop.paste_radius(c.box, image_size), fidelity) > 0
-    return out
-
-
 def end_to_end(ref_runs, var_runs, image_size: int, fidelity: str = contract.DEFAULT_FIDELITY) -> dict:
     """Per held-out pair: PSNR inside the hole, PSNR and SSIM over the crop, pixels changed away
     from the hole; the minimum hole PSNR over pairs is the gate's figure."""
@@ -123,7 +108,7 @@ def end_to_end(ref_runs, var_runs, image_size: int, fidelity: str = contract.DEF
         y0 = max(0, min(c["box"][1] for c in info.crops))
         x1 = min(w, max(c["box"][2] for c in info.crops))
         y1 = min(h, max(c["box"][3] for c in info.crops))
-        away = ~feathered_region(hole, image_size, fidelity)
+        away = ~masks.paste_region(hole, image_size, fidelity)
         pairs.append({
             "photo": pair.photo, "mask_kind": pair.kind, "hole_px": int(hole.sum()),
             "hole_psnr_db": psnr(out[hole], ref[hole], 255.0),

@@ -156,3 +156,18 @@ def coverage_report(hole: np.ndarray, native: np.ndarray, weights: np.ndarray, c
     return {"hole_px": int(hole.sum()), "hole_native_px": round(hole_native, 1),
             "model_native_px": int(native.sum()), "unseen_px": int((hole & ~seen_full).sum()),
             "underweight_px": int((hole & (weights < 255)).sum())}
+
+
+def paste_region(hole: np.ndarray, image_size: int, fidelity: str = contract.DEFAULT_FIDELITY) -> np.ndarray:
+    """(H, W) bool: every pixel the paste-back may touch, the union of each crop's feathered hole
+    by the runtime's own crop plan and feather; every other pixel is returned unchanged."""
+    from moebius_edge import crop
+
+    h, w = hole.shape
+    labels, crops = crop.plan_crops(hole, image_size)
+    out = np.zeros((h, w), bool)
+    for c in crops:
+        r = c.region(w, h)
+        group = np.isin(labels[r.slices], c.labels)
+        out[r.slices] |= feather(group, crop.paste_radius(c.box, image_size), fidelity) > 0
+    return out
