@@ -8,10 +8,12 @@
       onnx/<graph>.onnx           only with include_onnx: the static ONNX graphs the .ort came from
 
 Steps (``build_bundle``): open and hash the models folder (``models.open_models`` + ``verify``);
-make each graph static at batch 1 (``static.make_static``); convert to ORT format in a child
+make each graph static at batch 1 (``static.make_static``); the mobile rewrites (``rewrite``,
+per target by default) behind a **rewrite gate**: each rewritten graph against the static graph
+before rewriting, relative L2 within ``REWRITE_REL_L2[precision]``; convert to ORT format in a child
 process (``ort_tools.convert_to_ort``); a **parity gate**: each ``.ort`` against its source graph
 in the models folder on seeded inputs, relative L2 within ``PARITY_REL_L2[precision]``; the EP
-probe and report; ``bundle.json``. Everything is written in a staging folder beside the output
+probe of the graphs before and after the rewrites, and the report; ``bundle.json``. Everything is written in a staging folder beside the output
 and moved into place by a rename (``models.replace_folder``): a failure leaves nothing behind.
 """
 from __future__ import annotations
@@ -37,6 +39,10 @@ log = logging.getLogger(__name__)
 # the QDQ pairs as fused integer kernels (QLinearConv), the source graph may not.
 PARITY_REL_L2 = {"fp32": 1e-4, "fp16": 5e-3, "int8": 5e-2}
 PARITY_SEED = 1234
+# Rewrite gate: relative L2 of each rewritten static graph against the same graph before the mobile
+# rewrites (mobile/rewrite.py), onnxruntime CPU, same seeded inputs. The rewrites are equivalent
+# up to summation order (measured 5e-7 for fp32 on the tiny UNet with every rewrite).
+REWRITE_REL_L2 = {"fp32": 1e-5, "fp16": 1e-3, "int8": 1e-2}
 REPORT_MD = "bundle-report.md"
 REPORT_JSON = "bundle-report.json"
 ONNX_SUBDIR = "onnx"
@@ -97,7 +103,8 @@ EXECUTION_PROVIDERS = {
 }
 
 SCHEDULE_NOTE = ("DDIM, eta 0: for i in range(len(timesteps)): eps = unet(latent=x, mask=m_lat, "
-                 "masked_latent=z_msk, timestep=[timesteps[i]], guidance_scale=[g]); "
+                 "masked_latent=z_msk, timestep=[timesteps[i]] (the dtype graphs.unet.inputs declares), "
+                 "guidance_scale=[g]); "
                  "x0 = (x - sqrt(1 - alpha_t[i]) * eps) / sqrt(alpha_t[i]); "
                  "x = sqrt(alpha_prev[i]) * x0 + sqrt(1 - alpha_prev[i]) * eps; all float32, in this order")
 
@@ -124,8 +131,8 @@ def _feeds(io: dict, rng: np.random.Generator, case: int) -> dict:
     feeds = {}
     for t in io["inputs"]:
         shape, name = t["shape"], t["name"]
-        if t["dtype"] == "int64":
-            feeds[name] = np.full(shape, (900, 50)[case % 2], dtype=np.int64)
+        if t["dtype"] in ("int64", "int32"):
+            feeds[name] = np.full(shape, (900, 50)[case % 2], dtype=t["dtype"])
         elif name == contract.UNET.inputs[4].name:  # guidance_scale
             feeds[name] = np.full(shape, (contract.DEFAULT_GUIDANCE, 1.0)[case % 2], dtype=np.float32)
         elif name == contract.UNET.inputs[1].name:  # the latent hole mask: 0 or 1
@@ -141,6 +148,49 @@ def session_entries(precision: str) -> dict:
     """The session config entries a graph of a ``precision`` bundle needs."""
     style, _ = OPTIMIZATION[precision]
     return {**SESSION_REQUIRED, **(SESSION_RUNTIME_STYLE if style == "Runtime" else {})}
+
+
+def _as_declared(session, feeds: dict) -> dict:
+    """``feeds`` in the integer types ``session``'s inputs declare (the rewritten UNet takes an int32
+    timestep, its source graph int64)."""
+    types = {i.name: i.type for i in session.get_inputs()}
+    return {k: v.astype(np.int64 if types.get(k) == "tensor(int64)" else np.int32) if v.dtype.kind == "i" else v
+            for k, v in feeds.items()}
+
+
+def _rel_l2(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    err = float(np.linalg.norm((a - b).ravel()) / max(np.linalg.norm(a.ravel()), 1e-30))
+    return err if np.isfinite(err) else float("inf")
+
+
+def rewrite_graph(spec: contract.GraphSpec, static_path: Path, before_path: Path, names, precision: str,
+                  num_timesteps: int, threads: int = 0) -> dict:
+    """Apply the mobile rewrites ``names`` to ``static_path`` in place (keeping the graph before them at
+    ``before_path``) behind the rewrite gate; returns what changed and the gate's figures."""
+    import onnx
+
+    from moebius_edge.mobile import rewrite, static
+
+    os.replace(static_path, before_path)
+    proto = onnx.load(str(before_path))
+    changes = rewrite.apply(proto, names, num_timesteps=num_timesteps)
+    onnx.save_model(proto, str(static_path))
+    del proto
+    io = static.graph_io(static_path)
+    rng = np.random.default_rng(PARITY_SEED)
+    a, b = (ort_session(p, {}, threads) for p in (before_path, static_path))  # .onnx: no entries
+    worst = 0.0
+    for case in range(2 if spec is contract.UNET else 1):
+        feeds = _feeds(io, rng, case)
+        worst = max(worst, _rel_l2(a.run(spec.output_names, _as_declared(a, feeds))[0],
+                                   b.run(spec.output_names, _as_declared(b, feeds))[0]))
+    tol = REWRITE_REL_L2[precision]
+    if not worst <= tol:
+        raise UserError(f"{spec.key}: the mobile rewrites ({', '.join(changes)}) change its output by relative L2 "
+                        f"{worst:.3g}, beyond {tol:g}; bundle with --rewrites none; nothing was written")
+    return {"applied": changes, "gate": {"rel_l2": worst, "tolerance": tol,
+                                         "reference": "the static graph before the rewrites, onnxruntime CPU"}}
 
 
 def ort_session(path, entries: dict, threads: int = 0):
@@ -172,10 +222,8 @@ def parity(models_folder: models.ModelsFolder, spec: contract.GraphSpec, ort_pat
     worst = 0.0
     for case in range(cases):
         feeds = _feeds(io, rng, case)
-        a = np.asarray(src.run(spec.output_names, feeds)[0], dtype=np.float32)
-        b = np.asarray(dst.run(spec.output_names, feeds)[0], dtype=np.float32)
-        err = float(np.linalg.norm((a - b).ravel()) / max(np.linalg.norm(a.ravel()), 1e-30))
-        worst = max(worst, err) if np.isfinite(err) else float("inf")
+        a = src.run(spec.output_names, {k: v.astype(np.int64) if v.dtype.kind == "i" else v for k, v in feeds.items()})
+        worst = max(worst, _rel_l2(a[0], dst.run(spec.output_names, _as_declared(dst, feeds))[0]))
     tol = PARITY_REL_L2[precision]
     result = {"rel_l2": worst, "tolerance": tol, "reference": f"{precision} graph of the models folder, "
               "onnxruntime CPU", "cases": cases}
@@ -276,6 +324,7 @@ def bundle_manifest(m: models.ModelsFolder, target: str, precision: str, graphs:
                          "alpha_t": [float(a) for a in sched.alpha_t],
                          "alpha_prev": [float(a) for a in sched.alpha_prev],
                          "alpha_start": float(sched.alpha_start),
+                         "timestep_range": [0, len(m.alphas_cumprod) - 1],
                          "dtype": "float32 values written as decimals: parse as double, then round to float32"},
             "step": SCHEDULE_NOTE,
             key(contract.META_SCHEDULER): m.get(contract.META_SCHEDULER) or contract.scheduler_metadata(),
@@ -299,12 +348,14 @@ def bundle_manifest(m: models.ModelsFolder, target: str, precision: str, graphs:
 
 
 def build_bundle(models_dir, target: str, out, *, precision: str | None = None, force: bool = False,
-                 include_onnx: bool = False, threads: int = 0) -> dict:
-    """Write the bundle for ``target`` into ``out``; returns bundle.json's content."""
-    from moebius_edge.mobile import ort_tools, report, static
+                 include_onnx: bool = False, threads: int = 0, rewrites: str | None = None) -> dict:
+    """Write the bundle for ``target`` into ``out``; returns bundle.json's content. ``rewrites``: the
+    mobile rewrites as ``--rewrites`` takes them (None: the target's default)."""
+    from moebius_edge.mobile import ort_tools, report, rewrite, static
 
     if target not in contract.BUNDLE_TARGETS:
         raise UserError(f"unknown target {target!r}; choose one of {', '.join(contract.BUNDLE_TARGETS)}")
+    names = rewrite.parse(rewrites, target)
     precision = precision or _default_precision(target)
     out = Path(out)
     check_output(out, force)
@@ -327,6 +378,15 @@ def build_bundle(models_dir, target: str, out, *, precision: str | None = None, 
             statics[spec.key] = src_dir / f"{spec.key}.onnx"
             graphs[spec.key] = {"static": static.make_static(m, spec, statics[spec.key])}
             log.info("%s: static graph in %.1f s", spec.key, time.perf_counter() - t)
+        before_dir = staged / ".before-rewrites"
+        before_dir.mkdir()
+        for spec in contract.GRAPHS:
+            t = time.perf_counter()
+            r = rewrite_graph(spec, statics[spec.key], before_dir / f"{spec.key}.onnx", names, precision,
+                              len(m.alphas_cumprod), threads)
+            graphs[spec.key]["rewrites"] = r
+            log.info("%s: mobile rewrites %s in %.1f s, gate relative L2 %.2e", spec.key,
+                     ", ".join(r["applied"]) or "(none apply)", time.perf_counter() - t, r["gate"]["rel_l2"])
         t = time.perf_counter()
         style, level = OPTIMIZATION[precision]
         converted = ort_tools.convert_to_ort(src_dir, staged, [s.key for s in contract.GRAPHS], style=style,
@@ -352,7 +412,9 @@ def build_bundle(models_dir, target: str, out, *, precision: str | None = None, 
         t = time.perf_counter()
         probe = ort_tools.probe_graphs({k: (statics[k], converted["files"][k]) for k in statics},
                                        staged / ".probe.json")
+        before = ort_tools.probe_graphs({k: (before_dir / f"{k}.onnx", "-") for k in statics}, staged / ".probe.json")
         (staged / ".probe.json").unlink()
+        shutil.rmtree(before_dir)
         log.info("execution-provider probe in %.1f s", time.perf_counter() - t)
         changes = report.converter_changes(probe)
         for key, c in changes.items():
@@ -362,7 +424,10 @@ def build_bundle(models_dir, target: str, out, *, precision: str | None = None, 
                         "Casts to float32 around operators without a float16 kernel here (bundle-report.md)",
                         sum(c["casts_added"] for c in changes.values()))
         manifest = bundle_manifest(m, target, precision, graphs, onnxruntime.__version__, ",".join(sorted(formats)))
-        report.write(staged, manifest, probe)
+        manifest["mobile_rewrites"] = {"applied": list(names), "available": list(rewrite.REWRITES),
+                                       "default_for_target": list(rewrite.DEFAULT_REWRITES[target]),
+                                       "what": "mobile/rewrite.py; docs/mobile.md §3"}
+        report.write(staged, manifest, probe, before)
         if not include_onnx:
             shutil.rmtree(src_dir)
         else:

@@ -2,7 +2,7 @@
 
 Run in a child process only (``ort_tools.probe_graphs``): it imports ``onnxruntime.tools``.
 
-    python -m moebius_edge.mobile.ep_probe OUT.json KEY GRAPH.onnx GRAPH.ort [KEY GRAPH.onnx GRAPH.ort ...]
+    python -m moebius_edge.mobile.ep_probe OUT.json KEY GRAPH.onnx GRAPH.ort|- [KEY GRAPH.onnx GRAPH.ort|- ...]
 
 For every graph and EP it records what ONNX Runtime's partitioner would do: the supported nodes,
 the partitions (ONNX Runtime's own ``check_partitioning``, which mirrors the C++
@@ -205,7 +205,8 @@ def main(argv) -> int:
               "by_graph": {}}
     for key, onnx_path, ort_path in zip(pairs[::3], pairs[1::3], pairs[2::3]):
         report["by_graph"][key] = analyse(pathlib.Path(onnx_path))
-        report["by_graph"][key]["ort"] = ort_summary(pathlib.Path(ort_path))
+        if ort_path != "-":  # "-": a graph with no .ort file (the bundle's graphs before rewriting)
+            report["by_graph"][key]["ort"] = ort_summary(pathlib.Path(ort_path))
     out.write_text(json.dumps(report, indent=1) + "\n")
     return 0
 

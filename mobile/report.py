@@ -4,7 +4,8 @@ Input: the probe of the static graphs (``ep_probe``: ONNX Runtime's usability ch
 and CoreML, ``xnnpack_ops`` for XNNPACK) and bundle.json's content. Per graph and EP: nodes
 taken, partitions, the share of nodes and of multiply-accumulates (MACs: Conv, ConvTranspose,
 MatMul and Gemm, from the static shapes), and every operator that falls back to the CPU with the
-reason. These figures are a static analysis of the graphs, not a measurement on a device.
+reason; and the same figures for the static graphs before the mobile rewrites (``rewrite``).
+These figures are a static analysis of the graphs, not a measurement on a device.
 """
 from __future__ import annotations
 
@@ -66,7 +67,45 @@ def summary_rows(probe: dict) -> list:
     return rows
 
 
-def markdown(bundle: dict, probe: dict) -> str:
+def rewrite_rows(before: dict, after: dict) -> list:
+    """Per graph and EP: the figures before and after the mobile rewrites, and the fallback
+    operators the rewrites removed."""
+    rows = []
+    b = {(r["graph_key"], r["ep"]): r for r in summary_rows(before)}
+    for r in summary_rows(after):
+        old = b[(r["graph_key"], r["ep"])]
+        rows.append({"graph_key": r["graph_key"], "ep": r["ep"],
+                     "partitions": [old["partitions"], r["partitions"]],
+                     "supported_nodes": [old["supported_nodes"], r["supported_nodes"]],
+                     "nodes": [old["nodes"], r["nodes"]], "node_share": [old["node_share"], r["node_share"]],
+                     "fallbacks_removed": sorted(set(old["fallback_ops"]) - set(r["fallback_ops"])),
+                     "fallbacks_left": r["fallback_ops"]})
+    return rows
+
+
+def _rewrite_section(bundle: dict, probe: dict, before: dict) -> list:
+    rw = bundle.get("mobile_rewrites", {})
+    lines = ["", "## Mobile rewrites: partitions before → after", "",
+             f"Applied: {', '.join(rw.get('applied', [])) or 'none'} (available: {', '.join(rw.get('available', []))}; "
+             f"`--rewrites`, docs/mobile.md §3). Each rewritten graph passed the rewrite gate against the static "
+             f"graph before the rewrites:", ""]
+    for key, g in bundle[contract.MANIFEST_GRAPHS].items():
+        r = g.get("rewrites")
+        if r:
+            what = "; ".join(f"{k}: {', '.join(f'{a} {b}' for a, b in v.items() if not isinstance(b, list))}"
+                             for k, v in r["applied"].items()) or "nothing applies"
+            lines.append(f"* {key}: {what}; relative L2 {r['gate']['rel_l2']:.2e} (≤ {r['gate']['tolerance']:g})")
+    lines += ["", "| graph | EP | partitions | nodes taken | fallbacks removed | fallbacks left |",
+              "|---|---|---|---|---|---|"]
+    for r in rewrite_rows(before, probe):
+        label = probe["by_graph"][r["graph_key"]]["eps"][r["ep"]]["label"]
+        lines.append(f"| {r['graph_key']} | {label} | {r['partitions'][0]} → {r['partitions'][1]} | "
+                     f"{_pct(r['supported_nodes'][0], r['nodes'][0])} → {_pct(r['supported_nodes'][1], r['nodes'][1])} | "
+                     f"{', '.join(r['fallbacks_removed']) or '–'} | {', '.join(r['fallbacks_left']) or '–'} |")
+    return lines
+
+
+def markdown(bundle: dict, probe: dict, before: dict | None = None) -> str:
     graphs = bundle[contract.MANIFEST_GRAPHS]
     ortv = bundle["onnxruntime"]
     lines = [f"# Execution-provider readiness: {bundle['target']} bundle, "
@@ -98,6 +137,8 @@ def markdown(bundle: dict, probe: dict) -> str:
         lines.append(f"| {r['graph_key']} | {label} | {r['supported_nodes']}/{r['nodes']} ({_pct(r['supported_nodes'], r['nodes'])}) "
                      f"| {r['partitions']} | {_pct(r['supported_macs'], r['macs'])} | "
                      f"{', '.join(r['fallback_ops']) or '–'} |")
+    if before is not None:
+        lines += _rewrite_section(bundle, probe, before)
     for key, g in probe["by_graph"].items():
         lines += ["", f"## {key}: {g['nodes']} nodes, {_mac(g['macs'])}MAC", ""]
         for ep, e in g["eps"].items():
@@ -123,7 +164,7 @@ def markdown(bundle: dict, probe: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write(folder: Path, bundle: dict, probe: dict) -> dict:
+def write(folder: Path, bundle: dict, probe: dict, before: dict | None = None) -> dict:
     """Write bundle-report.json and bundle-report.md into ``folder``; returns the JSON content."""
     from moebius_edge.mobile.bundle import REPORT_JSON, REPORT_MD
 
@@ -134,7 +175,9 @@ def write(folder: Path, bundle: dict, probe: dict) -> dict:
                "sizes": {k: g[contract.GRAPH_BYTES] for k, g in graphs.items()},
                "summary": summary_rows(probe), "converter_changes": converter_changes(probe),
                "corrections": probe.get("corrections", []),
+               "rewrites": {"applied": bundle.get("mobile_rewrites", {}).get("applied", []),
+                            "before_after": rewrite_rows(before, probe) if before is not None else []},
                "by_graph": probe["by_graph"]}
     Path(folder, REPORT_JSON).write_text(json.dumps(content, indent=1) + "\n")
-    Path(folder, REPORT_MD).write_text(markdown(bundle, probe))
+    Path(folder, REPORT_MD).write_text(markdown(bundle, probe, before))
     return content

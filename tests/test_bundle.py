@@ -92,7 +92,8 @@ def test_bundle_per_target_is_complete(bundles, tiny_models_dir, target):
         assert [t["name"] for t in g["inputs"]] == spec.input_names
         assert [t["name"] for t in g["outputs"]] == spec.output_names
         for t, want in zip(g["inputs"] + g["outputs"], spec.inputs + spec.outputs):
-            assert t["dtype"] == want.dtype
+            # the time-table rewrite (every target's default) indexes its table with an int32 timestep
+            assert t["dtype"] == ("int32" if t["name"] == "timestep" else want.dtype)
             assert all(isinstance(d, int) and d > 0 for d in t["shape"]) and t["shape"][0] == 1
         assert g["source"][contract.GRAPH_SHA256] == m.entry(spec)[contract.GRAPH_SHA256]
         assert g["parity"]["rel_l2"] <= g["parity"]["tolerance"]
@@ -106,6 +107,8 @@ def test_bundle_per_target_is_complete(bundles, tiny_models_dir, target):
     assert np.array_equal(np.float32(s["alpha_t"]), sched.alpha_t)
     assert np.array_equal(np.float32(s["alpha_prev"]), sched.alpha_prev) and s["alpha_prev"][-1] == 1.0
     assert np.float32(s["alpha_start"]) == sched.alpha_start
+    assert s["timestep_range"] == [0, len(m.alphas_cumprod) - 1]
+    assert b["mobile_rewrites"]["applied"] == b["mobile_rewrites"]["default_for_target"]
     assert b["sampling"]["noise_offset"] == contract.NOISE_OFFSET
     assert b["sampling"]["guidance"] == contract.DEFAULT_GUIDANCE
     assert b["preprocessing"]["mask_binarisation"]["threshold"] == contract.MASK_THRESHOLD
@@ -157,11 +160,11 @@ def test_ort_graphs_match_the_onnx_graphs(bundles, tiny_models_dir):
         desktop = ort.InferenceSession(str(tiny_models_dir / spec.file), providers=["CPUExecutionProvider"])
         feeds = {}
         for t in g["inputs"]:
-            if t["dtype"] == "int64":
-                feeds[t["name"]] = np.array([650], dtype=np.int64)
+            if t["dtype"] in ("int64", "int32"):  # the bundle's int32 timestep, the runtime's int64 one
+                feeds[t["name"]] = np.array([650], dtype=t["dtype"])
             else:
                 feeds[t["name"]] = rng.standard_normal(t["shape"]).astype(np.float32)
-        a = desktop.run(None, feeds)[0]
+        a = desktop.run(None, {k: v.astype(np.int64) if v.dtype.kind == "i" else v for k, v in feeds.items()})[0]
         o = mobile.run(None, feeds)[0]
         assert o.shape == a.shape
         assert np.linalg.norm(o - a) / np.linalg.norm(a) < 1e-5, spec.key
@@ -254,8 +257,13 @@ def test_report_per_graph_and_ep(bundles):
             assert all(f["reason"] for f in e["fallbacks"])
     unet = report["by_graph"]["unet"]["eps"]
     why = {f["op"].split(":")[1]: f["reason"] for f in unet["nnapi"]["fallbacks"]}
-    assert "LayerNormalization" in why and "InstanceNormalization" in why
-    assert "int64" in why["Cast"]  # the timestep input: NNAPI has no 64-bit integers
+    assert "LayerNormalization" in why and "InstanceNormalization" in why  # norms: opt-in rewrite
+    # android's default rewrites took the int64 timestep's Cast/Unsqueeze/Concat and Sin/Cos off the CPU
+    rows = {(r["graph_key"], r["ep"]): r for r in report["rewrites"]["before_after"]}
+    assert {"Cast", "Cos", "Concat", "Unsqueeze"} <= set(rows["unet", "nnapi"]["fallbacks_removed"])
+    assert not {"Cast", "Cos", "Sin"} & set(why)
+    assert rows["unet", "coreml_mlprogram"]["partitions"] == [2, 1]  # the CFG split's Gathers became Slices
+    assert "## Mobile rewrites: partitions before → after" in md
     assert unet["coreml_mlprogram"]["partitions"] <= 3 and unet["coreml_mlprogram"]["supported_nodes"] / \
         unet["coreml_mlprogram"]["nodes"] > 0.99
     assert unet["nnapi"]["partitions"] > 10
@@ -422,7 +430,7 @@ def _trajectory_eps_error(ref, bundle, models_dir, image, mask, noise) -> float:
     for t, a_t, a_prev in zip(sched["timesteps"], sched["alpha_t"], sched["alpha_prev"]):
         feeds = {"latent": lat.astype(np.float32), "mask": m_lat, "masked_latent": z_msk,
                  "timestep": np.array([t], dtype=np.int64), "guidance_scale": np.array([2.5], dtype=np.float32)}
-        eps = mobile.run(None, feeds)[0]
+        eps = ref.run(mobile, graphs["unet"], **feeds)  # the bundle's own timestep dtype (int32)
         want = source.run(None, feeds)[0]
         worst = max(worst, float(np.linalg.norm(eps - want) / np.linalg.norm(want)))
         a_t, a_prev = np.float32(a_t), np.float32(a_prev)

@@ -1,6 +1,6 @@
 """`moebius-edge bundle`: a self-contained mobile bundle (ORT format) of an exported models folder.
 
-    moebius-edge bundle --models DIR --target android|ios [--precision fp32|fp16|int8] -o BUNDLE
+    moebius-edge bundle --models DIR --target android|ios [--precision fp32|fp16|int8] [--rewrites LIST] -o BUNDLE
 
 Writes BUNDLE/ (bundle.json, <graph>.ort, required_operators.config, bundle-report.md/.json) in a
 staging folder and renames it into place; a corrupt or mismatched models folder, a precision the
@@ -27,7 +27,7 @@ def _bundle(args) -> int:
     bundle = require("moebius_edge.mobile.bundle", "mobile")
     bundle.check_output(out, args.force)
     manifest = bundle.build_bundle(args.models, args.target, out, precision=args.precision, force=args.force,
-                                   include_onnx=args.include_onnx, threads=args.threads)
+                                   include_onnx=args.include_onnx, threads=args.threads, rewrites=args.rewrites)
     precision = manifest[contract.manifest_key(contract.META_PRECISION)]
     total = 0
     for key, g in manifest[contract.MANIFEST_GRAPHS].items():
@@ -62,6 +62,11 @@ def register(sub):
     p.add_argument("-f", "--force", action="store_true", help="replace an existing bundle folder")
     p.add_argument("--include-onnx", action="store_true",
                    help="also ship the static .onnx graphs the .ort files were made from (in BUNDLE/onnx)")
+    p.add_argument("--rewrites", default=None, metavar="LIST",
+                   help="mobile rewrites of the static graphs, a comma list of time-table, gather-slice, "
+                        "unsqueeze-reshape, matmul-2d, norms, or all or none (default per target: android all but "
+                        "norms, ios time-table,gather-slice,unsqueeze-reshape; norms helps NNAPI and CoreML "
+                        "NeuralNetwork and slows the CPU EP; docs/mobile.md §3)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads for the parity gate")
     p.add_argument("--json", action="store_true", help="also print bundle.json")
     p.set_defaults(func=_bundle)
