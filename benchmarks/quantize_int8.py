@@ -1,6 +1,7 @@
 """INT8: sensitivity per group, the recipe trade-off, and the shipped recipe on the full-size model.
 
     .venv/bin/python benchmarks/quantize_int8.py [--models DIR] [--skip-standin] [--skip-full] [--json FILE]
+        [--skip-candidates] [--skip-sensitivity] [--candidates NAME ...] [--speed-only] [--keep DIR]
 
 On the trained stand-in (tests/data/standin_weights.safetensors, exported into a temporary folder;
 this part needs torch), with the shipped recipe's photos and masks:
@@ -15,8 +16,10 @@ this part needs torch), with the shipped recipe's photos and masks:
   the same run.
 
 On a full-size random-init folder (``make export RANDOM_INIT=1``), with fewer pairs (random
-weights make the figures advisory anyway): the same candidates' size, step time against FP32 and
-ε figures, and the per-group sensitivity (only-this-group). The shipped recipe's own run is
+weights make the figures advisory anyway): the same candidates' size and ε figures, and the
+per-group sensitivity (only-this-group); then the **speed pass**: FP32 and every candidate UNet
+(kept in DIR/.bench-int8-candidates) in one interleaved loop, so every ratio is measured against
+the same FP32 runs under the same load (``--speed-only`` repeats just this pass). The shipped recipe's own run is
 ``make quantize MODELS=DIR PRECISION=int8`` in a process of its own (so that its peak RSS is its
 own): its ``DIR/int8/report.json`` (time, peak RSS, gate figures) is summarised here when present.
 
@@ -97,18 +100,6 @@ class Context:
         """ε figures of a candidate UNet on the held-out trajectory inputs."""
         u = evaluate.unet_steps(self.held, G.GraphRunner(proto, self.threads))
         return {k: u[k] for k in ("psnr_min_db", "psnr_mean_db", "cosine_min", "cosine_mean", "finite", "inputs")}
-
-    def latency(self, proto, reps: int) -> dict:
-        from moebius_edge.session import GraphSession, SessionConfig
-
-        ref = GraphSession(self.fp32, contract.UNET, SessionConfig(provider="cpu", threads=self.threads))
-        lat = evaluate.latency(ref, G.GraphRunner(proto, self.threads), self.held.feeds[contract.UNET.key][0], reps)
-        return {k: lat[k] for k in ("fp32_median_s", "variant_median_s", "ratio", "reps", "fp32_s", "variant_s")}
-
-    def size_ratio(self, proto) -> float:
-        path = self.work / "size.onnx"
-        G.save(proto, path)
-        return path.stat().st_size / self.fp32.graph_path(contract.UNET).stat().st_size
 
 
 def exclude_groups(names) -> list:
@@ -197,19 +188,58 @@ def calibration_methods(ctx: Context) -> list:
     return rows
 
 
-def full_tradeoff(ctx: Context, reps: int, names=()) -> list:
+def full_tradeoff(ctx: Context, keep: Path, names=()) -> list:
+    """Each candidate's size and ε figures; its UNet is kept in ``keep`` for ``speed``."""
     rows = []
+    keep.mkdir(exist_ok=True)
     for name, what, groups, act in _selected(names):
         t = time.perf_counter()
         r = ctx.quantize(exclude_groups(groups), act)
         q_s = time.perf_counter() - t
+        G.save(r.proto, keep / f"{name}.onnx")
         rows.append({"name": name, "what": what, "exclude": list(groups), "activation_type": act,
-                     "unet_ratio": ctx.size_ratio(r.proto), "eps": ctx.eps(r.proto), "latency": ctx.latency(r.proto, reps),
-                     "quantize_s": q_s})
-        logging.info("full %s: size %.1f %%, step x%.2f, eps cosine %.4f", name, 100 * rows[-1]["unet_ratio"],
-                     rows[-1]["latency"]["ratio"], rows[-1]["eps"]["cosine_mean"])
+                     "unet_ratio": (keep / f"{name}.onnx").stat().st_size / ctx.fp32.graph_path(contract.UNET).stat().st_size,
+                     "eps": ctx.eps(r.proto), "quantize_s": q_s})
+        logging.info("full %s: size %.1f %%, eps cosine %.4f", name, 100 * rows[-1]["unet_ratio"],
+                     rows[-1]["eps"]["cosine_mean"])
         del r
     return rows
+
+
+def speed(folder: Path, keep: Path, names, reps: int, threads: int) -> dict:
+    """CPU step time of FP32 and of every kept candidate UNet in one interleaved loop (each round
+    runs every session once, the order rotated per round, after one warm-up each), so that all of
+    them see the same machine load; seeded inputs of the model's shapes. Returns {name: latency}."""
+    import statistics
+
+    import onnx
+
+    from moebius_edge.session import GraphSession, SessionConfig
+
+    fp32 = models.open_models(folder, "fp32")
+    rng = np.random.default_rng(0)
+    n = fp32.latent_size
+    feed = {"latent": rng.standard_normal((1, contract.LATENT_CHANNELS, n, n), dtype=np.float32),
+            "mask": (rng.random((1, 1, n, n)) > 0.5).astype(np.float32),
+            "masked_latent": rng.standard_normal((1, contract.LATENT_CHANNELS, n, n), dtype=np.float32),
+            "timestep": np.array([500], np.int64), "guidance_scale": np.array([contract.DEFAULT_GUIDANCE], np.float32)}
+    runners = {"fp32": GraphSession(fp32, contract.UNET, SessionConfig(provider="cpu", threads=threads))}
+    for name in names:
+        runners[name] = G.GraphRunner(onnx.load(str(keep / f"{name}.onnx")), threads)
+    times = {k: [] for k in runners}
+    order = list(runners)
+    for r in runners.values():
+        r.run(**feed)
+    for i in range(reps):
+        for k in order[i % len(order):] + order[:i % len(order)]:
+            t = time.perf_counter()
+            runners[k].run(**feed)
+            times[k].append(time.perf_counter() - t)
+        logging.info("speed round %d/%d: %s", i + 1, reps, ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
+    ref = statistics.median(times["fp32"])
+    return {k: {"fp32_median_s": ref, "variant_median_s": statistics.median(v), "ratio": statistics.median(v) / ref,
+                "fp32_s": times["fp32"], "variant_s": v, "reps": reps, "interleaved_with": order}
+            for k, v in times.items() if k != "fp32"}
 
 
 def export_standin(out: Path) -> None:
@@ -246,7 +276,7 @@ def choose(results: dict) -> None:
     groups = sorted(e["group"] for e in shipped.exclude if "group" in e)
     results["shipped_candidate"] = next((n for n, _, g, act in CANDIDATES
                                          if sorted(g) == groups and act == shipped.activation_type), None)
-    if not all(n in full for n in passing):  # the stand-in's own step times are not the model's speed
+    if not all("latency" in full.get(n, {}) for n in passing):  # the stand-in's step times are not the model's
         results["fastest_passing"] = None
         logging.warning("full-size step times missing for %s: no speed ranking",
                         ", ".join(n for n in passing if n not in full))
@@ -274,6 +304,10 @@ def main():
     ap.add_argument("--skip-sensitivity", action="store_true", help="full size: candidates only")
     ap.add_argument("--candidates", nargs="*", default=(), metavar="NAME",
                     help="only these candidate recipes (their rows replace those in the JSON; nothing else runs)")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="full size: only the interleaved step times of the candidate UNets kept by an earlier run")
+    ap.add_argument("--keep", metavar="DIR", help="full size: where the candidate UNets are kept for the speed "
+                    "pass (default DIR/.bench-int8-candidates; about 230 MB each)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--reps", type=int, default=5, help="timed UNet steps per candidate (and as many FP32)")
     args = ap.parse_args()
@@ -304,8 +338,9 @@ def main():
         if not args.models:
             raise SystemExit("give --models DIR (a full-size random-init export) or --skip-full")
         folder = Path(args.models)
+        keep = Path(args.keep) if args.keep else folder / ".bench-int8-candidates"
         full = results.setdefault("full_random_init", {})
-        if not args.skip_candidates:
+        if not (args.skip_candidates or args.speed_only):
             # One calibration and one held-out pair, 8 calibration inputs: at full size this part
             # measures size and speed (random weights make its ε figures advisory, and calibration
             # data changes no timing); the shipped recipe's own run (DIR/int8/report.json) uses the
@@ -315,7 +350,7 @@ def main():
                                  calibration_inputs=8)
             with tempfile.TemporaryDirectory(prefix=".bench-int8-", dir=folder) as tmp:
                 ctx = Context(folder, rcp, args.threads, Path(tmp), eval_inputs=4)
-                rows = full_tradeoff(ctx, args.reps, args.candidates)
+                rows = full_tradeoff(ctx, keep, args.candidates)
                 full.update(range_pass_s=ctx.range_s,
                             tradeoff=_merge(full.get("tradeoff", []) if args.candidates else [], rows))
                 save(path, results, "full_random_init")
@@ -324,6 +359,14 @@ def main():
                 full["peak_rss_mb"] = _peak_mb()
                 save(path, results, "full_random_init")
                 del ctx
+        if not args.skip_candidates and full.get("tradeoff"):
+            G.release_memory()
+            names = [r["name"] for r in full["tradeoff"] if (keep / f"{r['name']}.onnx").is_file()]
+            lat = speed(folder, keep, names, args.reps, args.threads)
+            for r in full["tradeoff"]:
+                if r["name"] in lat:
+                    r["latency"] = lat[r["name"]]
+            save(path, results, "full_random_init")
         report = folder / contract.precision_subdir("int8") / contract.QUANTIZE_REPORT_FILE
         if report.is_file():
             rep = json.loads(report.read_text())

@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/report.py [--check]
 
-Each table sits between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in README.md and is
-rebuilt by the renderer of that name below from ``benchmarks/results/NAME.json``. ``--check``
-exits 1 when the README differs from what the JSON gives (a test runs it).
+Each table sits between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in README.md or
+docs/mobile.md (``DOCUMENTS``) and is rebuilt by the renderer of that name below from
+``benchmarks/results/NAME.json``. ``--check`` exits 1 when a document differs from what the JSON
+gives (a test runs it).
 """
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def quantize_int8(r: dict) -> str:
     fr = {c["name"]: c for c in full.get("tradeoff", [])}
     lines = ["`benchmarks/quantize_int8.py`: candidate recipes from everything quantized to the most careful. "
              "Stand-in columns go through the real gate (hole PSNR ≥ 28 dB, mean step ε cosine ≥ 0.99); full-size "
-             "columns are random weights, measured side by side with FP32 in one process (figures advisory). "
+             "columns are random weights (figures advisory); their step times come from one loop interleaving FP32 and "
+             "every candidate. "
              f"CPU: {r['machine'].get('processor', r['machine'].get('cpu'))}, {r['machine']['cores']} cores, onnxruntime {r['machine']['onnxruntime']}.", "",
              "| recipe | kept FP32 | activations | stand-in gate | hole PSNR min dB | mean ε cosine | full: UNet / FP32 "
              "| full: CPU step vs FP32 | full: mean ε cosine (advisory) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -76,8 +78,9 @@ def quantize_int8(r: dict) -> str:
         mark = " **(shipped)**" if c["name"] == shipped else ""
         lines.append(f"| {c['name']}{mark} | {', '.join(c['exclude']) or 'nothing'} | {c['activation_type']} | "
                      f"{c['gate']} | {c['hole_psnr_min_db']:.1f} | {c['eps_cosine_mean']:.4f} | "
-                     + (f"{100 * f['unet_ratio']:.1f} % | {1 / f['latency']['ratio']:.2f}x faster | "
-                        f"{f['eps']['cosine_mean']:.4f} |" if f else "– | – | – |"))
+                     + (f"{100 * f['unet_ratio']:.1f} % | "
+                        + (f"{1 / f['latency']['ratio']:.2f}x faster | " if "latency" in f else "– | ")
+                        + f"{f['eps']['cosine_mean']:.4f} |" if f else "– | – | – |"))
     if not fr:
         lines += ["", "Full-size columns: not measured yet (`benchmarks/quantize_int8.py --skip-standin --models DIR` "
                   "on a `make export RANDOM_INIT=1` folder); until then the shipped recipe is chosen by the stand-in "
@@ -128,8 +131,28 @@ def scale(r: dict) -> str:
     return "\n".join(lines)
 
 
+def bundle_rewrites(r: dict) -> str:
+    m = r["machine"]
+    eps = (("nnapi", "NNAPI"), ("coreml_neuralnetwork", "CoreML NN"), ("coreml_mlprogram", "MLProgram"),
+           ("xnnpack", "XNNPACK"))
+    lines = [f"`benchmarks/bundle_rewrites.py`, fp32 graphs at batch 1: partitions per EP (static analysis) and "
+             f"ONNX Runtime CPU time of one call under each rewrite set, interleaved in one loop "
+             f"({m.get('processor', m.get('cpu'))}, {m['cores']} cores, onnxruntime {m['onnxruntime']}):", "",
+             "| model | graph | rewrites | " + " | ".join(f"{label} partitions" for _, label in eps)
+             + " | CPU time per call | vs none |", "|---|---|---|" + "---|" * len(eps) + "---|---|"]
+    for name, f in r["folders"].items():
+        for graph, sets in f["partitions"].items():
+            for label, p in sets.items():
+                c = f["cpu"][graph][label]
+                lines.append(f"| {name} | {graph} | {label} | " + " | ".join(str(p[e]["partitions"]) for e, _ in eps)
+                             + f" | {c['median_s']:.3f} s | {c['ratio_vs_none']:.2f}x |")
+    return "\n".join(lines)
+
+
 RENDERERS = {"thin_strokes": thin_strokes, "quantize_fp16": quantize_fp16, "quantize_int8": quantize_int8,
-             "scale": scale}
+             "scale": scale, "bundle_rewrites": bundle_rewrites}
+# The files that hold measured tables.
+DOCUMENTS = (README, ROOT / "docs" / "mobile.md")
 
 
 def render(text: str) -> str:
@@ -145,17 +168,24 @@ def render(text: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    ap.add_argument("--check", action="store_true", help="only check that the documents are up to date")
     args = ap.parse_args(argv)
-    old = README.read_text()
-    new = render(old)
+    stale = []
+    for doc in DOCUMENTS:
+        old = doc.read_text()
+        new = render(old)
+        if new == old:
+            continue
+        stale.append(doc.relative_to(ROOT))
+        if not args.check:
+            doc.write_text(new)
     if args.check:
-        if new != old:
-            print("README.md is out of date with benchmarks/results: run benchmarks/report.py", file=sys.stderr)
+        if stale:
+            print(f"{', '.join(map(str, stale))} out of date with benchmarks/results: run benchmarks/report.py",
+                  file=sys.stderr)
             return 1
         return 0
-    README.write_text(new)
-    print("README.md tables rewritten" if new != old else "README.md already up to date")
+    print(f"tables rewritten in {', '.join(map(str, stale))}" if stale else "tables already up to date")
     return 0
 
 
