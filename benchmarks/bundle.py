@@ -6,7 +6,8 @@
 Builds each TARGET:PRECISION bundle with `moebius-edge bundle` (in process, --force) into
 OUT/TARGET-PRECISION and merges one record per bundle into the JSON file (a new record replaces an
 older one of the same target and precision): graph sizes, parity figures, what the ORT-format
-converter changed, and per graph and EP the nodes, partitions and MAC share of bundle-report.json.
+converter changed, the mobile rewrites (partitions before and after), and per graph and EP the
+nodes, partitions and MAC share of bundle-report.json.
 The models folder is only read.
 """
 from __future__ import annotations
@@ -14,28 +15,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import resource
 import sys
 import time
 from pathlib import Path
 
-import onnxruntime
-
-from moebius_edge import contract
-from moebius_edge.mobile.bundle import REPORT_JSON, build_bundle
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine_info import describe  # noqa: E402
+from moebius_edge import contract  # noqa: E402
+from moebius_edge.mobile.bundle import REPORT_JSON, build_bundle  # noqa: E402
 
 
 def _peak_mb(who) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # KiB on Linux
 
 
-def one(models: Path, out: Path, target: str, precision: str, threads: int) -> dict:
+def one(models: Path, out: Path, target: str, precision: str, threads: int, rewrites: str | None = None) -> dict:
     t0 = time.perf_counter()
-    manifest = build_bundle(models, target, out, precision=precision, force=True, threads=threads)
+    manifest = build_bundle(models, target, out, precision=precision, force=True, threads=threads, rewrites=rewrites)
     seconds = time.perf_counter() - t0
     report = json.loads((out / REPORT_JSON).read_text())
     graphs = manifest[contract.MANIFEST_GRAPHS]
@@ -50,6 +49,8 @@ def one(models: Path, out: Path, target: str, precision: str, threads: int) -> d
         "parity_rel_l2": {k: g[parity_key]["rel_l2"] for k, g in graphs.items()},
         "ort": manifest["onnxruntime"],
         "converter_changes": report["converter_changes"],
+        "rewrites": report["rewrites"],
+        "rewrite_gate": {k: g["rewrites"]["gate"]["rel_l2"] for k, g in graphs.items()},
         "eps": [{k: r[k] for k in ("graph_key", "ep", "nodes", "supported_nodes", "partitions", "node_share",
                                    "mac_share", "fallback_ops")} for r in report["summary"]],
         key(contract.META_PROVENANCE): manifest[key(contract.META_PROVENANCE)][key(contract.META_PROVENANCE)],
@@ -62,6 +63,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "out" / "bundles")
     p.add_argument("--bundle", action="append", required=True, metavar="TARGET:PRECISION")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--rewrites", default=None, help="as `bundle --rewrites` (default: the target's)")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "bundle.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # a script, not a library
@@ -69,12 +71,11 @@ def main(argv=None) -> int:
     for spec in args.bundle:
         target, precision = spec.split(":")
         record = one(args.models.resolve(), (args.out / f"{target}-{precision}").resolve(), target, precision,
-                     args.threads)
+                     args.threads, args.rewrites)
         record["peak_rss_mb"] = {"self": round(_peak_mb(resource.RUSAGE_SELF)),
                                  "children": round(_peak_mb(resource.RUSAGE_CHILDREN))}
         results["bundles"][f"{target}-{precision}"] = record
-        results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
-                              "onnxruntime": onnxruntime.__version__, "python": sys.version.split()[0]}
+        results["machine"] = describe()
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1) + "\n")
         print(f"{target}-{precision}: {record['total_mib']} MiB in {record['seconds']} s; "

@@ -1,6 +1,6 @@
 """FP16 quantize, measured: the full-size random-init folder and the trained stand-in.
 
-    .venv/bin/python benchmarks/quantize_fp16.py --models DIR [--json FILE] [--skip-full] [--skip-standin]
+    .venv/bin/python benchmarks/quantize_fp16.py --models DIR [--json FILE] [--skip-full] [--skip-standin] [--from-report]
 
 DIR is a full-size `moebius-edge export --random-init` folder (`make export RANDOM_INIT=1`). Each
 quantize is what `moebius-edge quantize --models DIR` runs (the shipped recipe, the photos of
@@ -82,6 +82,9 @@ def main():
     ap.add_argument("--json", default=str(ROOT / "benchmarks/results/quantize_fp16.json"))
     ap.add_argument("--skip-full", action="store_true")
     ap.add_argument("--skip-standin", action="store_true")
+    ap.add_argument("--from-report", action="store_true",
+                    help="full size: summarise DIR/fp16/report.json written by `make quantize MODELS=DIR` (with "
+                         "--precision all the FP32 runs are shared with int8, and time and peak RSS are the run's)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # a script
     path = Path(args.json)
@@ -94,7 +97,14 @@ def main():
     if not args.skip_full:
         if not args.models:
             raise SystemExit("give --models DIR (a full-size random-init export) or --skip-full")
-        results["full_random_init"] = summary(quantize(Path(args.models)))
+        if args.from_report:
+            rep = json.loads((Path(args.models) / contract.precision_subdir("fp16") /
+                              contract.QUANTIZE_REPORT_FILE).read_text())
+            run = {"wall_s": rep["seconds"]["total"], "peak_rss_mb": rep["peak_rss_mb"], "report": rep}
+            results["full_random_init"] = {**summary(run), "command": f"make quantize MODELS={args.models}",
+                                           "precisions_in_run": rep.get("precisions_in_run")}
+        else:
+            results["full_random_init"] = summary(quantize(Path(args.models)))
     path.write_text(json.dumps(results, indent=1) + "\n")
     print("| model | gate | hole PSNR min dB | crop SSIM min | UNet ε PSNR min dB | mean step cosine | FP16 UNet / FP32 "
           "| UNet step s (FP32 / FP16, CPU) | quantize time, peak RSS |")

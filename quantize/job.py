@@ -260,7 +260,7 @@ def quantize_models(models_dir, precision: str = "fp16", *, recipe_file=None, re
         key = data_key(rcp)
         if key not in runs:
             runs[key] = fp32_runs(fp32, rcp, photos_dir, threads)
-        results.append(make_variant(fp32, p, rcp, limits, runs[key], threads=threads, t0=t0))
+        results.append(make_variant(fp32, p, rcp, limits, runs[key], threads=threads, t0=t0, in_run=wanted))
     return results
 
 
@@ -271,9 +271,11 @@ def data_key(rcp: recipes.Recipe) -> tuple:
 
 
 def make_variant(fp32: models.ModelsFolder, precision: str, rcp: recipes.Recipe, limits: dict, data: Data, *,
-                 threads: int = 0, t0: float | None = None) -> dict:
+                 threads: int = 0, t0: float | None = None, in_run=()) -> dict:
     """Build, judge and (if the gate lets it) publish one variant from FP32 runs ``data``
-    (``fp32_runs``); ``limits`` from ``gate.thresholds``. Raises ``UserError`` when the gate fails."""
+    (``fp32_runs``); ``limits`` from ``gate.thresholds``. Raises ``UserError`` when the gate fails.
+    ``t0`` and ``in_run``: when the run started and the precisions it makes (the report's time and
+    peak RSS are the run's so far)."""
     t0 = time.perf_counter() if t0 is None else t0
     root = fp32.root
     staging = models.staging_folder(root, f"quantize-{precision}")
@@ -285,6 +287,7 @@ def make_variant(fp32: models.ModelsFolder, precision: str, rcp: recipes.Recipe,
             keep = {k: list(d.get("keep_fp32", {})) for k, d in built["conversion"].items() if d.get("converted")}
             used = rcp.replace(keep={**rcp.keep, **keep})
         report = _report(fp32, precision, used, data, built, figures, verdict, staged["build_s"], t0)
+        report["precisions_in_run"] = list(in_run) or [precision]
         log.info(gate.summary(verdict))
         if verdict[contract.GATE_STATUS] == gate.GATE_FAILED:
             raise UserError(f"{precision} variant rejected, nothing written: {gate.summary(verdict)}")

@@ -1,0 +1,97 @@
+"""Where a UNet step's CPU time goes, FP32 against INT8 graphs: onnxruntime's own profiler.
+
+    .venv/bin/python benchmarks/int8_profile.py --models DIR [--graph NAME=PATH ...] [--reps 3] [--json FILE]
+
+Profiles the FP32 UNet of the models folder DIR and each ``--graph`` (default: DIR/int8's UNet
+and the candidates ``benchmarks/quantize_int8.py`` kept in DIR/.bench-int8-candidates) with
+``SessionOptions.enable_profiling``, on the same seeded inputs, ``reps`` calls after a warm-up
+call; sums the kernel time per operator type (the ``op_name`` of onnxruntime's node events, after
+its graph optimisations: QDQ groups appear as the fused integer kernels it made of them, e.g.
+QLinearConv, and what it could not fuse as QuantizeLinear / DequantizeLinear). The shares say
+where the time goes; the totals of a profiled run are not the benchmark's step times (profiling
+adds overhead). Writes benchmarks/results/int8_profile.json and prints a table per graph.
+"""
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine_info import describe  # noqa: E402
+from moebius_edge import contract, models  # noqa: E402
+
+
+def profile(path: Path, feed: dict, reps: int, threads: int, work: Path) -> dict:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    so.profile_file_prefix = str(work / path.stem)
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess.run(None, feed)  # warm-up
+    for _ in range(reps):
+        sess.run(None, feed)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    by_op, calls = {}, {}
+    run_us = [e["dur"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        op = e["args"].get("op_name", "?")
+        by_op[op] = by_op.get(op, 0) + e["dur"]
+        calls[op] = calls.get(op, 0) + 1
+    runs = reps + 1
+    total = sum(by_op.values())
+    rows = sorted(({"op": op, "ms_per_step": us / runs / 1000, "share": us / total, "nodes": calls[op] // runs}
+                   for op, us in by_op.items()), key=lambda r: -r["ms_per_step"])
+    return {"graph": str(path), "reps": reps, "kernel_ms_per_step": total / runs / 1000,
+            "run_ms_median": float(np.median(run_us[1:] or run_us)) / 1000, "by_op": rows}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", required=True, help="FP32 models folder (full size)")
+    ap.add_argument("--graph", action="append", default=[], metavar="NAME=PATH", help="a UNet to profile")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--json", default=str(ROOT / "benchmarks/results/int8_profile.json"))
+    args = ap.parse_args()
+    folder = Path(args.models)
+    fp32 = models.open_models(folder, "fp32")
+    graphs = {"fp32": fp32.graph_path(contract.UNET)}
+    if args.graph:
+        graphs.update(dict(g.split("=", 1) for g in args.graph))
+    else:
+        shipped = folder / contract.precision_subdir("int8") / contract.UNET.file
+        if shipped.is_file():
+            graphs["int8 (shipped)"] = shipped
+        for p in sorted((folder / ".bench-int8-candidates").glob("*.onnx")):
+            graphs[f"candidate {p.stem}"] = p
+    rng = np.random.default_rng(0)
+    n = fp32.latent_size
+    feed = {"latent": rng.standard_normal((1, contract.LATENT_CHANNELS, n, n), dtype=np.float32),
+            "mask": (rng.random((1, 1, n, n)) > 0.5).astype(np.float32),
+            "masked_latent": rng.standard_normal((1, contract.LATENT_CHANNELS, n, n), dtype=np.float32),
+            "timestep": np.array([500], np.int64), "guidance_scale": np.array([contract.DEFAULT_GUIDANCE], np.float32)}
+    results = {"machine": describe(), "models": str(folder), "provenance": fp32.provenance, "graphs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, path in graphs.items():
+            results["graphs"][name] = profile(Path(path), feed, args.reps, args.threads, Path(tmp))
+            r = results["graphs"][name]
+            print(f"\n{name}: kernels {r['kernel_ms_per_step']:.0f} ms per step (profiled run {r['run_ms_median']:.0f} ms)")
+            print("| operator | nodes | ms per step | share |\n|---|---|---|---|")
+            for row in r["by_op"][:12]:
+                print(f"| {row['op']} | {row['nodes']} | {row['ms_per_step']:.1f} | {100 * row['share']:.1f} % |")
+            Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
