@@ -102,7 +102,9 @@ def main():
                               contract.QUANTIZE_REPORT_FILE).read_text())
             run = {"wall_s": rep["seconds"]["total"], "peak_rss_mb": rep["peak_rss_mb"], "report": rep}
             results["full_random_init"] = {**summary(run), "command": f"make quantize MODELS={args.models}",
-                                           "precisions_in_run": rep.get("precisions_in_run")}
+                                           "precisions_in_run": rep.get("precisions_in_run"),
+                                           "variant_peak_rss_mb": rep.get("variant_peak_rss_mb"),
+                                           "fp32_runs_peak_rss_mb": rep.get("fp32_runs_peak_rss_mb")}
         else:
             results["full_random_init"] = summary(quantize(Path(args.models)))
     path.write_text(json.dumps(results, indent=1) + "\n")

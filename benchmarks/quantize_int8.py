@@ -375,6 +375,9 @@ def main():
                 "checks": {c["name"]: c["value"] for c in rep["gate"]["checks"]},
                 "unet_ratio": rep["sizes"][contract.UNET.key]["ratio"], "latency": rep["latency"],
                 "seconds": rep["seconds"], "peak_rss_mb": rep["peak_rss_mb"], "recipe": rep["recipe"],
+                "variant_peak_rss_mb": rep.get("variant_peak_rss_mb"),
+                "fp32_runs_peak_rss_mb": rep.get("fp32_runs_peak_rss_mb"),
+                "precisions_in_run": rep.get("precisions_in_run", ["int8"]),
                 "unet": {k: rep["unet"][k] for k in ("psnr_min_db", "psnr_mean_db", "cosine_mean", "inputs")},
                 "onnxruntime": rep["onnxruntime"]}
         save(path, results, "full_random_init")

@@ -58,6 +58,12 @@ def quantize_fp16(r: dict) -> str:
     for key, name in (("standin", "trained stand-in (tiny, 128 px)"), ("full_random_init", "full size, random init (512 px)")):
         if key in r:
             lines.append(_fp16_row(name, r[key]))
+    full = r.get("full_random_init", {})
+    if len(full.get("precisions_in_run") or []) > 1:
+        lines += ["", f"Full size: `{full['command']}` made fp16 and int8 from one set of FP32 runs; its time and "
+                  f"peak RSS above are those of the run up to the end of the FP16 variant (the FP32 runs peaked at "
+                  f"{full['fp32_runs_peak_rss_mb'] / 1024:.1f} GB, the FP16 build and evaluation at "
+                  f"{full['variant_peak_rss_mb'] / 1024:.1f} GB)."]
     return "\n".join(lines)
 
 
@@ -105,8 +111,11 @@ def quantize_int8(r: dict) -> str:
         lines += ["", f"The shipped recipe on the full-size random-init folder (`{sh['command']}`): UNet "
                   f"{100 * sh['unet_ratio']:.1f} % of FP32, CPU step {sh['latency']['fp32_median_s']:.2f} s → "
                   f"{sh['latency']['variant_median_s']:.2f} s ({1 / sh['latency']['ratio']:.2f}x), quantize "
-                  f"{sh['seconds']['total'] / 60:.0f} min at {sh['peak_rss_mb'] / 1024:.1f} GB peak RSS; gate "
-                  f"{sh['gate']} (random weights)."]
+                  f"{sh['seconds']['total'] / 60:.0f} min at {sh['peak_rss_mb'] / 1024:.1f} GB peak RSS"
+                  + (f" (a `--precision {', '.join(sh['precisions_in_run'])}` run; its FP32 runs peaked at "
+                     f"{sh['fp32_runs_peak_rss_mb'] / 1024:.1f} GB and the INT8 build and evaluation at "
+                     f"{sh['variant_peak_rss_mb'] / 1024:.1f} GB)" if sh.get("variant_peak_rss_mb") else "")
+                  + f"; gate {sh['gate']} (random weights)."]
     return "\n".join(lines)
 
 

@@ -50,6 +50,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def reset_peak_rss() -> None:
+    """Start a new peak for ``phase_peak_rss_mb`` (Linux: writing 5 to /proc/self/clear_refs resets
+    the process's VmHWM; elsewhere nothing happens and the phase peak is unknown)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def phase_peak_rss_mb() -> float | None:
+    """Peak RSS since the last ``reset_peak_rss`` (VmHWM), or None where /proc cannot tell."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 @dataclass
 class Data:
     """FP32 runs shared by every precision of one job."""
@@ -57,6 +77,7 @@ class Data:
     calibration: calibration.Runs
     held_out: calibration.Runs
     seconds: dict = field(default_factory=dict)
+    peak_rss_mb: float | None = None  # of the FP32 runs (``quantize_models``), where known
 
 
 def _spread(items: list, n: int) -> list:
@@ -259,7 +280,9 @@ def quantize_models(models_dir, precision: str = "fp16", *, recipe_file=None, re
         limits = gate.thresholds(p, min_hole_psnr_db, min_mean_step_cosine)
         key = data_key(rcp)
         if key not in runs:
+            reset_peak_rss()
             runs[key] = fp32_runs(fp32, rcp, photos_dir, threads)
+            runs[key].peak_rss_mb = phase_peak_rss_mb()
         results.append(make_variant(fp32, p, rcp, limits, runs[key], threads=threads, t0=t0, in_run=wanted))
     return results
 
@@ -277,6 +300,8 @@ def make_variant(fp32: models.ModelsFolder, precision: str, rcp: recipes.Recipe,
     ``t0`` and ``in_run``: when the run started and the precisions it makes (the report's time and
     peak RSS are the run's so far)."""
     t0 = time.perf_counter() if t0 is None else t0
+    G.release_memory()  # what an earlier variant of the same run left
+    reset_peak_rss()
     root = fp32.root
     staging = models.staging_folder(root, f"quantize-{precision}")
     try:
@@ -359,4 +384,8 @@ def _report(fp32, precision, rcp, data, built, figures, verdict, build_s, t0) ->
         "seconds": {"fp32_runs": data.seconds.get("fp32_runs"), "build": build_s,
                     "evaluate": figures["seconds"], "total": time.perf_counter() - t0},
         "peak_rss_mb": peak_rss_mb(),
+        # This variant alone (build, judge; the FP32 runs it was given stay in memory), and the FP32
+        # runs: where several precisions share one run, these say what each part needed.
+        "variant_peak_rss_mb": phase_peak_rss_mb(),
+        "fp32_runs_peak_rss_mb": data.peak_rss_mb,
     }
