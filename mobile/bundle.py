@@ -41,8 +41,11 @@ PARITY_REL_L2 = {"fp32": 1e-4, "fp16": 5e-3, "int8": 5e-2}
 PARITY_SEED = 1234
 # Rewrite gate: relative L2 of each rewritten static graph against the same graph before the mobile
 # rewrites (mobile/rewrite.py), onnxruntime CPU, same seeded inputs. The rewrites are equivalent
-# up to summation order (measured 5e-7 for fp32 on the tiny UNet with every rewrite).
-REWRITE_REL_L2 = {"fp32": 1e-5, "fp16": 1e-3, "int8": 1e-2}
+# up to summation order and rounding: measured on the tiny UNet with every rewrite, 5e-7 for fp32
+# and 3e-7 for int8. A float16 graph rounds to float16 at other places once its norms are
+# decomposed: 3.0e-3 between the rewritten and the unrewritten tiny fp16 UNet, whose own distance
+# to the fp32 UNet is 3.2e-3 (3.5e-3 rewritten), so fp16 gets float16's own scale.
+REWRITE_REL_L2 = {"fp32": 1e-5, "fp16": 1e-2, "int8": 1e-2}
 REPORT_MD = "bundle-report.md"
 REPORT_JSON = "bundle-report.json"
 ONNX_SUBDIR = "onnx"

@@ -21,8 +21,9 @@ and after), and the bundle's rewrite gate checks the result against the unrewrit
 * ``norms``: ``InstanceNormalization`` (the GroupNorms) and ``LayerNormalization`` written as
   ``MatMul`` by a constant 1/n column (the mean; every EP here takes a MatMul by a constant, while
   NNAPI lists only ReduceMean and CoreML NeuralNetwork only ReduceSum), ``Sub``, ``Mul``,
-  ``Add``, ``Sqrt``, ``Div``. A float16 norm computes its statistics in float32 between two
-  ``Cast`` nodes, as the fused kernels do: ``(x - mean)²`` overflows float16 from |x - mean| > 255.
+  ``Add``, ``Sqrt``, ``Div``. A float16 norm computes in float32 between two ``Cast`` nodes (its
+  statistics, scale and bias; one rounding to float16 at the end), as the fused kernels do:
+  ``(x - mean)²`` overflows float16 from |x - mean| > 255.
   Opt-in (``--rewrites``): it helps NNAPI and CoreML NeuralNetwork only and slows the CPU EP
   (``benchmarks/bundle_rewrites.py`` measures by how much).
 """
@@ -224,7 +225,8 @@ def _mean(gr: _Graph, x: str, n: int, base: str, col_dtype, nodes: list) -> str:
 
 
 def _normalise(gr: _Graph, node, x: str, axes_from: int, eps: float, nodes: list) -> str:
-    """(x - mean) / sqrt(var + eps) over the axes from ``axes_from`` to the last, in float32."""
+    """(x - mean) / sqrt(var + eps) over the axes from ``axes_from`` to the last, in float32 (a
+    float16 ``x`` is cast first)."""
     base = node.name
     shape = gr.shape(x)
     elem = gr.dtype(x)
@@ -248,10 +250,7 @@ def _normalise(gr: _Graph, node, x: str, axes_from: int, eps: float, nodes: list
     if flat is not x:
         r, y = gr.node("Reshape", [y, gr.const("norm_shape", np.array(shape, np.int64))], base)
         nodes.append(r)
-    if elem == _FLOAT16:
-        c, y = gr.node("Cast", [y], base, to=_FLOAT16)
-        nodes.append(c)
-    return y
+    return y  # float32: the caller applies scale and bias, then casts back once
 
 
 def _is_const(gr: _Graph, name: str, value: float) -> bool:
@@ -282,17 +281,25 @@ def norms(gr: _Graph) -> dict:
             axis = attrs.get("axis", -1) % rank
             y = _normalise(gr, n, x, axis, eps, nodes)
             param_shape = None  # broadcast as stored
+        half = gr.dtype(x) == _FLOAT16
         for p, neutral, op in ((scale, 1.0, "Mul"), (bias, 0.0, "Add")):
             if not p or _is_const(gr, p, neutral):  # x * 1 and x + 0 are exact: no node
                 continue
-            if param_shape is not None and p in gr.init:
-                arr = onnx.numpy_helper.to_array(gr.init[p]).reshape(param_shape)
-                p = gr.const("norm_param", arr)
-            elif param_shape is not None:
-                r, p = gr.node("Reshape", [p, gr.const("norm_shape", np.array(param_shape, np.int64))], n.name)
-                nodes.append(r)
+            if p in gr.init:  # float32, shaped to broadcast: one rounding to float16 at the end, as fused
+                arr = onnx.numpy_helper.to_array(gr.init[p]).astype(np.float32)
+                p = gr.const("norm_param", arr.reshape(param_shape) if param_shape is not None else arr)
+            else:
+                if half:
+                    c, p = gr.node("Cast", [p], n.name, to=_FLOAT)
+                    nodes.append(c)
+                if param_shape is not None:
+                    r, p = gr.node("Reshape", [p, gr.const("norm_shape", np.array(param_shape, np.int64))], n.name)
+                    nodes.append(r)
             nd, y = gr.node(op, [y, p], n.name)
             nodes.append(nd)
+        if half:
+            c, y = gr.node("Cast", [y], n.name, to=_FLOAT16)
+            nodes.append(c)
         nodes.append(onnx.helper.make_node("Identity", [y], [n.output[0]], name=gr.name(n.name)))
         out += nodes
         counts[n.op_type] = counts.get(n.op_type, 0) + 1

@@ -376,9 +376,14 @@ def test_default_precision_bundles(variants_dir, golden, tmp_path, capsys, targe
     from moebius_edge.pipeline import Inpainter, load_noise_file
 
     out = tmp_path / target
-    rc, _, err = _bundle(capsys, variants_dir, target, out)  # no --precision: the target's default
+    # no --precision: the target's default; fp16 with every rewrite, so the decomposed norms run in a
+    # float16 graph through the reference loop
+    extra = ("--rewrites", "all") if precision == "fp16" else ()
+    rc, _, err = _bundle(capsys, variants_dir, target, out, *extra)
     assert rc == 0, err
     b = _load(out)
+    assert b["mobile_rewrites"]["applied"] == list(extra and b["mobile_rewrites"]["available"]
+                                                   or b["mobile_rewrites"]["default_for_target"])
     assert b["precision"] == precision == contract.BUNDLE_DEFAULT_PRECISION[target]
     assert b["quantize_gate"]["status"] in (contract.GATE_PASSED, contract.GATE_ADVISORY)
     report = json.loads((out / "bundle-report.json").read_text())
@@ -396,7 +401,9 @@ def test_default_precision_bundles(variants_dir, golden, tmp_path, capsys, targe
     run = Inpainter.from_models(variants_dir, precision, providers="cpu").inpaint(image, mask, noise=noise)
     diff = np.abs(app.astype(int) - run)
     if precision == "fp16":
-        assert diff.max() <= 1 and (diff == 0).mean() >= 0.99
+        # ≤ 1 LSB; the decomposed float16 norms round at other places than the runtime's fused ones,
+        # so more pixels differ by that 1 LSB (98.95 % equal measured; 99.4 % with the default rewrites)
+        assert diff.max() <= 1 and (diff == 0).mean() >= 0.98
         return
     # int8: the .ort (optimised for ARM) and the runtime's session (for x86) run the float parts with
     # different kernels; a last-bit difference that crosses a quantizer's rounding boundary changes a
