@@ -7,7 +7,8 @@ and the candidates ``benchmarks/quantize_int8.py`` kept in DIR/.bench-int8-candi
 ``SessionOptions.enable_profiling``, on the same seeded inputs, ``reps`` calls after a warm-up
 call; sums the kernel time per operator type (the ``op_name`` of onnxruntime's node events, after
 its graph optimisations: QDQ groups appear as the fused integer kernels it made of them, e.g.
-QLinearConv, and what it could not fuse as QuantizeLinear / DequantizeLinear). The shares say
+QLinearConv, and what it could not fuse as QuantizeLinear / DequantizeLinear), and the
+convolutions' time by kind (1x1, 3x3, 15x15, depthwise: which kernels INT8 speeds up). The shares say
 where the time goes; the totals of a profiled run are not the benchmark's step times (profiling
 adds overhead). Writes benchmarks/results/int8_profile.json and prints a table per graph.
 """
@@ -26,6 +27,26 @@ from benchmarks.machine_info import describe  # noqa: E402
 from moebius_edge import contract, models  # noqa: E402
 
 
+def conv_kinds(path: Path) -> dict:
+    """{Conv node name: kind} of a (QDQ) graph: ``depthwise``, ``1x1``, ``KxK`` (group 1), or
+    ``KxK grouped``; the weight's shape is read through a DequantizeLinear."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    dims = {t.name: list(t.dims) for t in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    kinds = {}
+    for n in m.graph.node:
+        if n.op_type != "Conv":
+            continue
+        a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+        w = dims.get(n.input[1]) or dims.get(producer[n.input[1]].input[0] if n.input[1] in producer else "", [0])
+        k = "x".join(map(str, a.get("kernel_shape", [])))
+        group = a.get("group", 1)
+        kinds[n.name] = ("depthwise" if group > 1 and group == w[0] else f"{k}" + (" grouped" if group > 1 else ""))
+    return kinds
+
+
 def profile(path: Path, feed: dict, reps: int, threads: int, work: Path) -> dict:
     import onnxruntime as ort
 
@@ -40,7 +61,8 @@ def profile(path: Path, feed: dict, reps: int, threads: int, work: Path) -> dict
     for _ in range(reps):
         sess.run(None, feed)
     events = json.loads(Path(sess.end_profiling()).read_text())
-    by_op, calls = {}, {}
+    by_op, calls, by_kind = {}, {}, {}
+    kinds = conv_kinds(path)
     run_us = [e["dur"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     for e in events:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
@@ -48,12 +70,17 @@ def profile(path: Path, feed: dict, reps: int, threads: int, work: Path) -> dict
         op = e["args"].get("op_name", "?")
         by_op[op] = by_op.get(op, 0) + e["dur"]
         calls[op] = calls.get(op, 0) + 1
+        if "Conv" in op:  # Conv, FusedConv, QLinearConv: by the kind of the source Conv node it came from
+            node = e["name"][:-len("_kernel_time")]
+            kind = next((k for name, k in kinds.items() if node.startswith(name)), "other")
+            by_kind[kind] = by_kind.get(kind, 0) + e["dur"]
     runs = reps + 1
     total = sum(by_op.values())
     rows = sorted(({"op": op, "ms_per_step": us / runs / 1000, "share": us / total, "nodes": calls[op] // runs}
                    for op, us in by_op.items()), key=lambda r: -r["ms_per_step"])
     return {"graph": str(path), "reps": reps, "kernel_ms_per_step": total / runs / 1000,
-            "run_ms_median": float(np.median(run_us[1:] or run_us)) / 1000, "by_op": rows}
+            "run_ms_median": float(np.median(run_us[1:] or run_us)) / 1000, "by_op": rows,
+            "conv_ms_per_step_by_kind": {k: v / runs / 1000 for k, v in sorted(by_kind.items(), key=lambda x: -x[1])}}
 
 
 def main():
@@ -90,6 +117,8 @@ def main():
             print("| operator | nodes | ms per step | share |\n|---|---|---|---|")
             for row in r["by_op"][:12]:
                 print(f"| {row['op']} | {row['nodes']} | {row['ms_per_step']:.1f} | {100 * row['share']:.1f} % |")
+            print("convolutions by kind, ms per step: " + ", ".join(
+                f"{k} {v:.0f}" for k, v in r["conv_ms_per_step_by_kind"].items()))
             Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 
 

@@ -56,6 +56,10 @@ CANDIDATES = (
     ("edges-fp32", "conv_in, conv_out, time MLP FP32", ("conv_in", "conv_out", "time_mlp"), "uint8"),
     ("edges-lambda-fp32", "λ MatMuls, conv_in, conv_out, time MLP FP32", (LM, "conv_in", "conv_out", "time_mlp"),
      "uint8"),
+    # ONNX Runtime's x86 QLinearConv is slower than its FP32 Conv on the 15×15 position conv (one input
+    # channel: an im2col GEMM of depth 225), measured with benchmarks/int8_profile.py.
+    ("edges-pos-fp32", "conv_in, conv_out, time MLP, position conv FP32", ("conv_in", "conv_out", "time_mlp",
+                                                                            "pos_conv"), "uint8"),
     ("lambda-fp32", "λ MatMuls, λ projections, position conv FP32", (LM, "lambda_proj", "pos_conv"), "uint8"),
     ("convs-only", "only the DW.Res, Mix-FFN, sampler and stage convs", (LM, "lambda_proj", "pos_conv", "time_mlp",
                                                                          "time_proj", "conv_in", "conv_out"), "uint8"),
@@ -237,7 +241,11 @@ def speed(folder: Path, keep: Path, names, reps: int, threads: int) -> dict:
             times[k].append(time.perf_counter() - t)
         logging.info("speed round %d/%d: %s", i + 1, reps, ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
     ref = statistics.median(times["fp32"])
-    return {k: {"fp32_median_s": ref, "variant_median_s": statistics.median(v), "ratio": statistics.median(v) / ref,
+    # The ratio is the median over rounds of (candidate / FP32 in the same round): the load of the
+    # machine drifts between rounds (±25 % seen here) more than within one.
+    return {k: {"fp32_median_s": ref, "variant_median_s": statistics.median(v),
+                "ratio": statistics.median(a / b for a, b in zip(v, times["fp32"])),
+                "ratio_of_medians": statistics.median(v) / ref,
                 "fp32_s": times["fp32"], "variant_s": v, "reps": reps, "interleaved_with": order}
             for k, v in times.items() if k != "fp32"}
 

@@ -67,6 +67,12 @@ def quantize_fp16(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _isa(m: dict) -> str:
+    if m.get("avx512_vnni"):
+        return "AVX-512 VNNI"
+    return "AVX-512, no VNNI" if m.get("avx512f") else ("AVX2, no AVX-512 or VNNI" if m.get("avx2") else "no AVX2")
+
+
 def quantize_int8(r: dict) -> str:
     st = r.get("standin", {})
     full = r.get("full_random_init", {})
@@ -75,7 +81,8 @@ def quantize_int8(r: dict) -> str:
              "Stand-in columns go through the real gate (hole PSNR ≥ 28 dB, mean step ε cosine ≥ 0.99); full-size "
              "columns are random weights (figures advisory); their step times come from one loop interleaving FP32 and "
              "every candidate. "
-             f"CPU: {r['machine'].get('processor', r['machine'].get('cpu'))}, {r['machine']['cores']} cores, onnxruntime {r['machine']['onnxruntime']}.", "",
+             f"CPU: {r['machine'].get('processor', r['machine'].get('cpu'))}, {r['machine']['cores']} cores, "
+             f"{_isa(r['machine'])}, onnxruntime {r['machine']['onnxruntime']}.", "",
              "| recipe | kept FP32 | activations | stand-in gate | hole PSNR min dB | mean ε cosine | full: UNet / FP32 "
              "| full: CPU step vs FP32 | full: mean ε cosine (advisory) |", "|---|---|---|---|---|---|---|---|---|"]
     shipped = r.get("shipped_candidate")
@@ -158,8 +165,25 @@ def bundle_rewrites(r: dict) -> str:
     return "\n".join(lines)
 
 
+def int8_profile(r: dict) -> str:
+    g = r["graphs"]
+    names = list(g)
+    kinds = list(g["fp32"]["conv_ms_per_step_by_kind"])
+    lines = ["Where a full-size CFG step's CPU time goes (`benchmarks/int8_profile.py`, onnxruntime's profiler, "
+             "ms per step; " + r.get("note", "") + "):", "",
+             "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines.append("| all kernels | " + " | ".join(f"{g[n]['kernel_ms_per_step']:.0f}" for n in names) + " |")
+    for k in kinds:
+        lines.append(f"| {k} convolutions | " + " | ".join(f"{g[n]['conv_ms_per_step_by_kind'].get(k, 0):.0f}"
+                                                         for n in names) + " |")
+    for op in ("Transpose", "QuantizeLinear", "DequantizeLinear"):
+        lines.append(f"| {op} | " + " | ".join(f"{sum(x['ms_per_step'] for x in g[n]['by_op'] if x['op'] == op):.0f}"
+                                                 for n in names) + " |")
+    return "\n".join(lines)
+
+
 RENDERERS = {"thin_strokes": thin_strokes, "quantize_fp16": quantize_fp16, "quantize_int8": quantize_int8,
-             "scale": scale, "bundle_rewrites": bundle_rewrites}
+             "scale": scale, "bundle_rewrites": bundle_rewrites, "int8_profile": int8_profile}
 # The files that hold measured tables.
 DOCUMENTS = (README, ROOT / "docs" / "mobile.md")
 
