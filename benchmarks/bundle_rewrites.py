@@ -78,7 +78,7 @@ def measure(folder: Path, reps: int, threads: int, work: Path) -> dict:
                                  "times_s": v, "rel_l2_vs_none": gates[spec.key, label]} for label, v in times.items()}
         logging.info("%s CPU: %s", spec.key, ", ".join(f"{k} {v['median_s']:.3f} s" for k, v in cpu[spec.key].items()))
         del sessions
-    return {"provenance": m.provenance, "native_size": m.image_size, "reps": reps, "threads": threads,
+    return {"models_provenance": m.provenance, "native_size": m.image_size, "reps": reps, "threads": threads,
             "partitions": partitions, "cpu": cpu, "sets": {k: list(v) for k, v in SETS.items()}}
 
 
@@ -97,7 +97,7 @@ def main():
     for d in args.models:
         with tempfile.TemporaryDirectory() as tmp:
             r = measure(Path(d), args.reps, args.threads, Path(tmp))
-        folders[f"{r['native_size']} px, {r['provenance']}"] = r
+        folders[f"{r['native_size']} px, {r['models_provenance']}"] = r
         path.write_text(json.dumps(results, indent=1) + "\n")
     from benchmarks.report import bundle_rewrites as render
 

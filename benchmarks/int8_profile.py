@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine_info import describe  # noqa: E402
+from benchmarks.inputs import unet_feed  # noqa: E402
 from moebius_edge import contract, models  # noqa: E402
 
 
@@ -78,7 +79,7 @@ def profile(path: Path, feed: dict, reps: int, threads: int, work: Path) -> dict
     total = sum(by_op.values())
     rows = sorted(({"op": op, "ms_per_step": us / runs / 1000, "share": us / total, "nodes": calls[op] // runs}
                    for op, us in by_op.items()), key=lambda r: -r["ms_per_step"])
-    return {"graph": str(path), "reps": reps, "kernel_ms_per_step": total / runs / 1000,
+    return {"onnx": str(path), "reps": reps, "kernel_ms_per_step": total / runs / 1000,
             "run_ms_median": float(np.median(run_us[1:] or run_us)) / 1000, "by_op": rows,
             "conv_ms_per_step_by_kind": {k: v / runs / 1000 for k, v in sorted(by_kind.items(), key=lambda x: -x[1])}}
 
@@ -102,17 +103,12 @@ def main():
             graphs["int8 (shipped)"] = shipped
         for p in sorted((folder / ".bench-int8-candidates").glob("*.onnx")):
             graphs[f"candidate {p.stem}"] = p
-    rng = np.random.default_rng(0)
-    n = fp32.latent_size
-    feed = {"latent": rng.standard_normal((1, contract.LATENT_CHANNELS, n, n), dtype=np.float32),
-            "mask": (rng.random((1, 1, n, n)) > 0.5).astype(np.float32),
-            "masked_latent": rng.standard_normal((1, contract.LATENT_CHANNELS, n, n), dtype=np.float32),
-            "timestep": np.array([500], np.int64), "guidance_scale": np.array([contract.DEFAULT_GUIDANCE], np.float32)}
-    results = {"machine": describe(), "models": str(folder), "provenance": fp32.provenance, "graphs": {}}
+    feed = unet_feed(fp32.latent_size)
+    results = {"machine": describe(), "models": str(folder), "models_provenance": fp32.provenance, "profiles": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in graphs.items():
-            results["graphs"][name] = profile(Path(path), feed, args.reps, args.threads, Path(tmp))
-            r = results["graphs"][name]
+            results["profiles"][name] = profile(Path(path), feed, args.reps, args.threads, Path(tmp))
+            r = results["profiles"][name]
             print(f"\n{name}: kernels {r['kernel_ms_per_step']:.0f} ms per step (profiled run {r['run_ms_median']:.0f} ms)")
             print("| operator | nodes | ms per step | share |\n|---|---|---|---|")
             for row in r["by_op"][:12]:

@@ -40,6 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.inputs import unet_feed  # noqa: E402
 from benchmarks.machine_info import describe  # noqa: E402
 from moebius_edge import contract, models  # noqa: E402
 from moebius_edge.quantize import evaluate, gate, int8, job  # noqa: E402
@@ -221,12 +222,7 @@ def speed(folder: Path, keep: Path, names, reps: int, threads: int) -> dict:
     from moebius_edge.session import GraphSession, SessionConfig
 
     fp32 = models.open_models(folder, "fp32")
-    rng = np.random.default_rng(0)
-    n = fp32.latent_size
-    feed = {"latent": rng.standard_normal((1, contract.LATENT_CHANNELS, n, n), dtype=np.float32),
-            "mask": (rng.random((1, 1, n, n)) > 0.5).astype(np.float32),
-            "masked_latent": rng.standard_normal((1, contract.LATENT_CHANNELS, n, n), dtype=np.float32),
-            "timestep": np.array([500], np.int64), "guidance_scale": np.array([contract.DEFAULT_GUIDANCE], np.float32)}
+    feed = unet_feed(fp32.latent_size)
     runners = {"fp32": GraphSession(fp32, contract.UNET, SessionConfig(provider="cpu", threads=threads))}
     for name in names:
         runners[name] = G.GraphRunner(onnx.load(str(keep / f"{name}.onnx")), threads)

@@ -166,7 +166,7 @@ def bundle_rewrites(r: dict) -> str:
 
 
 def int8_profile(r: dict) -> str:
-    g = r["graphs"]
+    g = r["profiles"]
     names = list(g)
     kinds = list(g["fp32"]["conv_ms_per_step_by_kind"])
     lines = ["Where a full-size CFG step's CPU time goes (`benchmarks/int8_profile.py`, onnxruntime's profiler, "
