@@ -103,16 +103,12 @@ class _Graph:
         return self.onnx.helper.make_node(op, list(inputs), [out], name=out, **attrs), out
 
 
-def _np_dtype(elem: int):
-    return {_FLOAT: np.float32, _FLOAT16: np.float16}[elem]
-
-
 def time_table(gr: _Graph, num_timesteps: int) -> dict:
     """The ``time-table`` rewrite; returns what it changed ({} when the graph has no timestep)."""
     import onnxruntime as ort
 
     onnx, g = gr.onnx, gr.g
-    name = contract.UNET.inputs[3].name
+    name = contract.UNET.inputs[3].name  # the timestep
     inp = next((i for i in g.input if i.name == name), None)
     if inp is None:
         return {}
@@ -142,9 +138,9 @@ def time_table(gr: _Graph, num_timesteps: int) -> dict:
     in_dtype = {_INT64: np.int64, _INT32: np.int32}[inp.type.tensor_type.elem_type]
     rows = [sess.run(frontier, {name: np.array([t], in_dtype)}) for t in range(num_timesteps)]
     # The new input, and per frontier tensor: Gather(table, timestep) reshaped to the tensor's shape.
-    new_nodes = []
+    new_nodes, tables = [], [np.stack([r[k] for r in rows]) for k in range(len(frontier))]
     for k, f in enumerate(frontier):
-        table = gr.const(f"time_table_{k}", np.stack([r[k] for r in rows]))
+        table = gr.const(f"time_table_{k}", tables[k])
         gather, gathered = gr.node("Gather", [table, name], "time_table", axis=0)
         shape = gr.const("time_table_shape", np.array(gr.shape(f), np.int64))
         new_nodes += [gather, onnx.helper.make_node("Reshape", [gathered, shape], [f], name=gr.name("time_table"))]
@@ -154,7 +150,7 @@ def time_table(gr: _Graph, num_timesteps: int) -> dict:
     inp.type.tensor_type.elem_type = _INT32
     return {"timestep_dtype": TIMESTEP_DTYPE, "timesteps": num_timesteps, "nodes_removed": len(cone),
             "ops_removed": sorted({n.op_type for n in cone}),
-            "table_bytes": int(sum(np.stack([r[k] for r in rows]).nbytes for k in range(len(frontier))))}
+            "table_bytes": int(sum(t.nbytes for t in tables))}
 
 
 def gather_slice(gr: _Graph) -> dict:
