@@ -25,7 +25,7 @@ and after), and the bundle's rewrite gate checks the result against the unrewrit
   statistics, scale and bias; one rounding to float16 at the end), as the fused kernels do:
   ``(x - mean)²`` overflows float16 from |x - mean| > 255.
   Opt-in (``--rewrites``): it helps NNAPI and CoreML NeuralNetwork only and slows the CPU EP
-  (``benchmarks/bundle_rewrites.py`` measures by how much).
+  (``benchmarks/bundle_rewrites.py`` measures the CPU time per rewrite set).
 """
 from __future__ import annotations
 
