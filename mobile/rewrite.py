@@ -98,6 +98,11 @@ class _Graph:
         self.init[name] = t
         return name
 
+    def set_nodes(self, nodes: list) -> None:
+        """Replace the graph's nodes (a rewrite builds the new list, then sets it)."""
+        del self.g.node[:]
+        self.g.node.extend(nodes)
+
     def node(self, op: str, inputs, base: str, **attrs) -> tuple:
         out = self.name(base)
         return self.onnx.helper.make_node(op, list(inputs), [out], name=out, **attrs), out
@@ -145,8 +150,7 @@ def time_table(gr: _Graph, num_timesteps: int) -> dict:
         shape = gr.const("time_table_shape", np.array(gr.shape(f), np.int64))
         new_nodes += [gather, onnx.helper.make_node("Reshape", [gathered, shape], [f], name=gr.name("time_table"))]
     keep = [n for n in g.node if id(n) not in inside]
-    del g.node[:]
-    g.node.extend(new_nodes + keep)
+    gr.set_nodes(new_nodes + keep)
     inp.type.tensor_type.elem_type = _INT32
     return {"timestep_dtype": TIMESTEP_DTYPE, "timesteps": num_timesteps, "nodes_removed": len(cone),
             "ops_removed": sorted({n.op_type for n in cone}),
@@ -172,8 +176,7 @@ def gather_slice(gr: _Graph) -> dict:
             changed += 1
         else:
             out.append(n)
-    del gr.g.node[:]
-    gr.g.node.extend(out)
+    gr.set_nodes(out)
     return {"gathers": changed} if changed else {}
 
 
@@ -207,8 +210,7 @@ def matmul_2d(gr: _Graph) -> dict:
             changed += 1
         else:
             out.append(n)
-    del gr.g.node[:]
-    gr.g.node.extend(out)
+    gr.set_nodes(out)
     return {"matmuls": changed} if changed else {}
 
 
@@ -299,8 +301,7 @@ def norms(gr: _Graph) -> dict:
         nodes.append(onnx.helper.make_node("Identity", [y], [n.output[0]], name=gr.name(n.name)))
         out += nodes
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    del gr.g.node[:]
-    gr.g.node.extend(out)
+    gr.set_nodes(out)
     return counts
 
 
@@ -319,8 +320,7 @@ def _drop_identities(gr: _Graph) -> None:
         for k, o in enumerate(n.output):  # name had no other reader)
             if o in rename:
                 n.output[k] = rename[o]
-    del gr.g.node[:]
-    gr.g.node.extend(keep)
+    gr.set_nodes(keep)
 
 
 def _drop_unused_initializers(gr: _Graph) -> None:
