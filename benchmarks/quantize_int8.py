@@ -306,6 +306,8 @@ def main():
     ap.add_argument("--skip-candidates", action="store_true",
                     help="full size: only summarise DIR/int8/report.json (keep the candidates already in the JSON)")
     ap.add_argument("--skip-sensitivity", action="store_true", help="full size: candidates only")
+    ap.add_argument("--sensitivity-only", action="store_true",
+                    help="full size: only the per-group sensitivity (keep the candidates already in the JSON)")
     ap.add_argument("--candidates", nargs="*", default=(), metavar="NAME",
                     help="only these candidate recipes (their rows replace those in the JSON; nothing else runs)")
     ap.add_argument("--speed-only", action="store_true",
@@ -354,16 +356,17 @@ def main():
                                  calibration_inputs=8)
             with tempfile.TemporaryDirectory(prefix=".bench-int8-", dir=folder) as tmp:
                 ctx = Context(folder, rcp, args.threads, Path(tmp), eval_inputs=4)
-                rows = full_tradeoff(ctx, keep, args.candidates)
-                full.update(range_pass_s=ctx.range_s,
-                            tradeoff=_merge(full.get("tradeoff", []) if args.candidates else [], rows))
-                save(path, results, "full_random_init")
+                if not args.sensitivity_only:
+                    rows = full_tradeoff(ctx, keep, args.candidates)
+                    full.update(range_pass_s=ctx.range_s,
+                                tradeoff=_merge(full.get("tradeoff", []) if args.candidates else [], rows))
+                    save(path, results, "full_random_init")
                 if not (args.skip_sensitivity or args.candidates):
                     full["sensitivity"] = sensitivity(ctx, leave_one_out=False)
-                full["peak_rss_mb"] = _peak_mb()
+                full["sensitivity_peak_rss_mb" if args.sensitivity_only else "peak_rss_mb"] = _peak_mb()
                 save(path, results, "full_random_init")
                 del ctx
-        if not args.skip_candidates and full.get("tradeoff"):
+        if not (args.skip_candidates or args.sensitivity_only) and full.get("tradeoff"):
             G.release_memory()
             names = [r["name"] for r in full["tradeoff"] if (keep / f"{r['name']}.onnx").is_file()]
             lat = speed(folder, keep, names, args.reps, args.threads)

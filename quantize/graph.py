@@ -8,7 +8,8 @@ inference are deliberately not used, because they import torch whenever it is in
 * ``float_tensors``: the float32 tensors of a graph (inputs and node outputs) with their shapes;
 * ``range_model``: the graph with a ReduceMin and a ReduceMax on every such tensor, so one run per
   calibration input yields every activation's range as scalars (no activation leaves ORT);
-* ``capture``: run a graph exposing a chosen set of intermediate tensors as outputs;
+* ``error_model``: a graph and its FP16 conversion in one graph, side by side, with every
+  compared tensor's squared error and squared norm as scalar outputs;
 * ``collapse_fp16_round_trips``: remove the ``fp32 → Cast(fp16) → Cast(fp32)`` pairs the FP16
   converter leaves between two nodes kept in FP32 (they would round, and overflow, the very values
   the keep-list protects);
@@ -31,6 +32,8 @@ DATA_MOVEMENT_OPS = frozenset({"Reshape", "Transpose", "Slice", "Concat", "Unsqu
                                "Gather", "Split", "Identity", "Flatten", "Shape", "Cast", "Where", "Tile",
                                "Pad", "DepthToSpace", "SpaceToDepth"})
 _RANGE_SUFFIX = ("__range_min", "__range_max")
+_CANDIDATE_PREFIX = "candidate/"  # error_model: the candidate graph's names
+_ERROR_PREFIX = "error_"  # error_model: the comparison nodes
 
 
 def release_memory() -> None:
@@ -93,7 +96,7 @@ def consumers(proto) -> dict:
     return out
 
 
-def session(proto, threads: int = 0):
+def session(proto, threads: int = 0, arena: bool = True):
     """A CPU InferenceSession on an in-memory graph (ORT's warnings off: unused initializers
     and the like are expected in instrumented copies).
 
@@ -105,6 +108,9 @@ def session(proto, threads: int = 0):
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    if not arena:  # every tensor back to the system when freed; no run-to-run memory pattern
+        so.enable_cpu_mem_arena = False
+        so.enable_mem_pattern = False
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -167,17 +173,78 @@ def range_model(proto, names) -> tuple:
     return _with_outputs(out, outputs), table
 
 
-def capture(proto, names: list, elem_types: dict, feeds: list, threads: int = 0) -> list:
-    """[{name: float32 array}] per feed: ``names`` exposed as outputs (``elem_types``: their
-    ONNX element types, float32 where missing)."""
-    from onnx import TensorProto
+def error_model(reference, candidate, names: list, elem_types: dict) -> tuple:
+    """(one graph running ``reference`` and ``candidate`` side by side, [(tensor, ‖c − r‖² output,
+    ‖r‖² output)]): for every tensor in ``names`` (made by both graphs, float32 in ``reference``;
+    ``elem_types``: its type in ``candidate``, float16 where missing) a Cast to float32, a Sub and
+    two ReduceSumSquare, so one run per input yields every tensor's error as two scalars and no
+    activation leaves ONNX Runtime.
 
-    sess = session(_with_outputs(proto, [(n, elem_types.get(n, TensorProto.FLOAT)) for n in names]), threads)
-    out = []
-    for feed in feeds:
-        values = sess.run(names, feed)
-        out.append({n: np.asarray(v, dtype=np.float32) for n, v in zip(names, values)})
-    return out
+    The two graphs share their inputs (same names and types: ``keep_io_types``); everything else of
+    ``candidate`` is renamed under ``_CANDIDATE_PREFIX``. Each candidate node is placed in the graph
+    as soon as the reference has made the tensor it is compared with. ONNX Runtime still runs most
+    of the reference side first on the CPU provider: the casts it inserts around FP16 nodes without
+    a float16 kernel come last in its priority order, and the candidate side waits on them. So the
+    compared reference tensors stay alive until the end of the run, and ``fp16.measure_errors``
+    compares a bounded chunk of tensors per graph."""
+    from onnx import ModelProto, TensorProto, helper
+
+    inputs = {i.name for i in candidate.graph.input}
+    if any(a.type in (a.GRAPH, a.GRAPHS) for n in candidate.graph.node for a in n.attribute):
+        raise ValueError("error_model: graphs with subgraphs are not supported")
+
+    def rename(name: str) -> str:
+        return name if not name or name in inputs else _CANDIDATE_PREFIX + name
+
+    theirs = []
+    for node in candidate.graph.node:
+        n = helper.make_node(node.op_type, [rename(i) for i in node.input], [rename(o) for o in node.output],
+                             name=rename(node.name), domain=node.domain)
+        n.attribute.extend(node.attribute)
+        theirs.append(n)
+    wanted = {n: i for i, n in enumerate(names)}
+    made_at = {o: i for i, n in enumerate(theirs) for o in n.output if o}
+    order, next_theirs, table, outputs = [], 0, [], []
+
+    def compare(name: str) -> None:
+        nonlocal next_theirs
+        i = wanted[name]
+        until = made_at[rename(name)]
+        order.extend(theirs[next_theirs:until + 1])
+        next_theirs = max(next_theirs, until + 1)
+        got = rename(name)
+        if elem_types.get(name, TensorProto.FLOAT16) != TensorProto.FLOAT:
+            got = f"{_ERROR_PREFIX}{i}_cast"
+            order.append(helper.make_node("Cast", [rename(name)], [got], to=TensorProto.FLOAT,
+                                          name=f"{_ERROR_PREFIX}{i}_cast"))
+        diff, num, den = (f"{_ERROR_PREFIX}{i}_{s}" for s in ("diff", "num", "den"))
+        order.append(helper.make_node("Sub", [got, name], [diff], name=diff))
+        order.append(helper.make_node("ReduceSumSquare", [diff], [num], keepdims=0, name=num))
+        order.append(helper.make_node("ReduceSumSquare", [name], [den], keepdims=0, name=den))
+        table.append((name, num, den))
+        outputs.extend([(num, TensorProto.FLOAT), (den, TensorProto.FLOAT)])
+
+    for name in (i.name for i in reference.graph.input):
+        if name in wanted and rename(name) in made_at:
+            compare(name)
+    for node in reference.graph.node:
+        order.append(node)
+        for o in node.output:
+            if o in wanted and rename(o) in made_at:
+                compare(o)
+    order.extend(theirs[next_theirs:])
+    out = ModelProto()
+    out.CopyFrom(reference)
+    del out.graph.node[:]
+    out.graph.node.extend(order)
+    for t in candidate.graph.initializer:
+        c = out.graph.initializer.add()
+        c.CopyFrom(t)
+        c.name = rename(t.name)
+    del out.graph.value_info[:]
+    have = {o.name for o in out.graph.output}
+    out.graph.output.extend(helper.make_tensor_value_info(n, t, None) for n, t in outputs if n not in have)
+    return out, table
 
 
 def collapse_fp16_round_trips(proto) -> int:

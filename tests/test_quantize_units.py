@@ -88,3 +88,52 @@ def test_fp32_round_trips_between_kept_nodes_are_removed():
     # Two: between the kept nodes, and between the float32 graph input and the first kept node.
     assert G.collapse_fp16_round_trips(converted) == 2
     assert np.array_equal(G.session(converted).run(None, feed)[0], np.maximum(feed["x"], 0))
+
+
+def test_fp16_error_pass_matches_separate_runs_in_any_chunking():
+    """``measure_errors`` runs both graphs in one session and reduces inside ONNX Runtime. A
+    tensor made by an FP16 kernel (LayerNormalization on the CPU) has exactly the error of the
+    two graphs run apart with it as an output; one that ORT computes in FP32 and passes straight on
+    in FP32 (a Mul) lacks only its own storage rounding (< FP16_UNIT), so an overflow shows where
+    the value is next held in FP16 (the range pass flags the tensor itself); whatever the chunking."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from moebius_edge.quantize import fp16
+    from moebius_edge.quantize import graph as G
+
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])
+    inits = [numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "g"),
+             numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array(3000.0, np.float32), "k")]
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["n1"], name="ln1", axis=-1),
+             helper.make_node("Mul", ["n1", "k"], ["big"], name="scale"),
+             helper.make_node("LayerNormalization", ["big", "g", "b"], ["n2"], name="ln2", axis=-1),
+             helper.make_node("Mul", ["n2", "n2"], ["sq"], name="square"),
+             helper.make_node("Mul", ["sq", "big"], ["huge"], name="overflow"),
+             helper.make_node("LayerNormalization", ["huge", "g", "b"], ["y"], name="ln3", axis=-1)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    half = fp16.convert(model, [])
+    feeds = [{"x": rng.standard_normal((2, 8)).astype(np.float32)} for _ in range(2)]
+
+    names = ["n1", "big", "n2", "sq", "huge", "y"]
+    types16 = fp16._types(half)
+    ref = G._with_outputs(model, [(n, TensorProto.FLOAT) for n in names])
+    got = G._with_outputs(half, [(n, types16.get(n, TensorProto.FLOAT16)) for n in names])
+    apart = dict.fromkeys(names, 0.0)
+    for feed in feeds:
+        r = dict(zip(names, G.session(ref).run(names, feed)))
+        g = dict(zip(names, G.session(got).run(names, feed)))
+        for n in names:
+            apart[n] = max(apart[n], fp16.rel_l2(g[n], r[n]))
+
+    for budget in (1 << 30, 64):  # one chunk; one tensor per chunk
+        errors = fp16.measure_errors(model, half, feeds, budget=budget)
+        assert set(errors) == set(names)
+        for n in ("n1", "n2"):
+            assert 0 < errors[n] == pytest.approx(apart[n], rel=1e-4), n
+        for n in ("big", "sq"):
+            assert apart[n] - fp16.FP16_UNIT < errors[n] <= apart[n], n
+        assert apart["huge"] == math.inf and np.isfinite(errors["huge"])
+        assert apart["y"] == errors["y"] == math.inf
