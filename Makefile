@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # Ray (run-dataset, its tests) reports usage statistics unless this is 0.
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup test test-slow export quantize bench demo clean
+.PHONY: setup test test-slow export quantize bench bench-models demo clean
 
 # torch's CPU wheels. From plain PyPI, torch is the CUDA build plus ~3 GB of nvidia packages, so
 # `setup` first installs the export extra's torch pin with this extra index. Empty (`make setup
@@ -55,12 +55,20 @@ quantize:
 	$(PY) -m moebius_edge.cli quantize --models $(MODELS) --precision $(PRECISION) $(if $(strip $(RECIPE)),--recipe $(RECIPE))
 
 BENCH_MODELS ?= out/bench-models
+# Configurations of benchmarks/pipeline.py (one process each); ratios are against the first.
+BENCH_CONFIGS ?= torch,fp32,int8
 
-# Full-size (512x512) random-init export, then the runtime and the UNet step on it. ~15 min on 2 cores.
+# The CPU benchmarks on an existing full-size random-init folder with its variants (bench-models
+# makes one): each network alone, PyTorch eager against ONNX Runtime side by side, then the whole
+# inpainting per configuration. Meant for a quiet machine: every JSON records its load.
 bench:
+	$(PY) benchmarks/graph_step.py --models $(BENCH_MODELS) --rounds 3
+	$(PY) benchmarks/pipeline.py --models $(BENCH_MODELS) --configs $(BENCH_CONFIGS)
+
+# Full-size (512x512) random-init export and its gated variants: ~7 min, then ~1 h on 2 cores.
+bench-models:
 	$(PY) benchmarks/export_full.py --out $(BENCH_MODELS)
-	$(PY) benchmarks/unet_step.py --models $(BENCH_MODELS)
-	$(PY) benchmarks/runtime.py --models $(BENCH_MODELS)
+	$(PY) -m moebius_edge.cli quantize --models $(BENCH_MODELS) --precision all
 
 demo:
 	$(PY) examples/demo.py

@@ -182,8 +182,46 @@ def int8_profile(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _machine_line(m: dict) -> str:
+    return (f"{m['processor']}, {m['cores']} cores, {_isa(m)}, load average {m['load_average'][0]:.1f}, "
+            f"onnxruntime {m['onnxruntime']}")
+
+
+def graph_step(r: dict) -> str:
+    lines = [f"One call of each network at {r['image_side']}², side by side in one process "
+             f"(`benchmarks/graph_step.py`, {r['rounds']} interleaved rounds, torch {r['torch']} with "
+             f"{r['torch_threads']} threads, ONNX Runtime threads not spinning; {_machine_line(r['machine'])}). "
+             "The ratio is the per-round median of PyTorch's time over the contender's:", "",
+             "| network | contender | median s | min–max s | vs PyTorch eager | GFLOP/s | rel-L2 vs PyTorch |",
+             "|---|---|---|---|---|---|---|"]
+    for g in r["networks"]:
+        for name, row in g["rows"].items():
+            gf = f"{row['gflop_per_s']:.0f}" if "gflop_per_s" in row else "–"
+            lines.append(f"| {g['network']} | {name} | {row['median_s']:.2f} | {row['min_s']:.2f}–{row['max_s']:.2f} | "
+                         f"{row['ratio']:.2f}x | {gf} | {row['rel_l2_vs_torch']:.1e} |")
+    return "\n".join(lines)
+
+
+def pipeline(r: dict) -> str:
+    runs = r["runs"]
+    first = runs[0]
+    lines = [f"One {first['image_px'][0]}×{first['image_px'][1]} inpainting, {first['model_steps']} UNet steps + 2 VAE "
+             f"encodes + 1 decode, each configuration in its own process, one after the other "
+             f"(`benchmarks/pipeline.py`; {_machine_line(r['machine'])}). Inpainting seconds leave out session "
+             "creation (ONNX Runtime) and module building (PyTorch), shown as load:", "",
+             f"| configuration | s per UNet step | encode s | decode s | inpainting s | vs {first['config']} | "
+             "load s | peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        s = run["seconds"]
+        lines.append(f"| {run['config']} | {run['unet_step_s']:.2f} | {s['encode']:.1f} | {s['decode']:.1f} | "
+                     f"{run['compute_s']:.1f} | {run['speedup_vs_first']:.2f}x | {run['load_s']:.1f} | "
+                     f"{run['peak_rss_mb']:,.0f} |")
+    return "\n".join(lines)
+
+
 RENDERERS = {"thin_strokes": thin_strokes, "quantize_fp16": quantize_fp16, "quantize_int8": quantize_int8,
-             "scale": scale, "bundle_rewrites": bundle_rewrites, "int8_profile": int8_profile}
+             "scale": scale, "bundle_rewrites": bundle_rewrites, "int8_profile": int8_profile,
+             "graph_step": graph_step, "pipeline": pipeline}
 # The files that hold measured tables.
 DOCUMENTS = (README, ROOT / "docs" / "mobile.md")
 

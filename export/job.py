@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from moebius_edge.errors import UserError
-from moebius_edge.export.config import get_config
+from moebius_edge.export.config import PRESETS, get_config
 from moebius_edge.export.model import build_removal_model
 from moebius_edge.export.onnx_export import export_models, stage
 from moebius_edge.export.transforms import perturb_for_testing_
@@ -26,7 +26,7 @@ def run_export(out_dir, *, unet_config="moebius", unet_weights=None, vae_dir=Non
                cache_dir=None) -> dict:
     from moebius_edge.export.checkpoint import load_removal_model
     from moebius_edge.models import sha256_file
-    from moebius_edge.export.vae import build_random_vae, load_vae, packaged_vae_config
+    from moebius_edge.export.vae import load_vae
 
     cfg = get_config(unet_config)
     if image_size is not None:
@@ -54,13 +54,7 @@ def run_export(out_dir, *, unet_config="moebius", unet_weights=None, vae_dir=Non
 
     with stage("load weights"):
         if random_init:
-            torch.manual_seed(seed)
-            model = perturb_for_testing_(build_removal_model(cfg), seed)
-            # The tiny UNet preset gets the tiny VAE layout: a full-size VAE would make toolchain
-            # runs 10× slower and 300 MB larger for nothing.
-            layout = "tiny" if unet_config == "tiny" else "sdxl"
-            vae, scaling_factor = (load_vae(vae_dir) if vae_dir
-                                   else build_random_vae(seed, packaged_vae_config(layout)))
+            model, vae, scaling_factor = random_init_modules(cfg, seed, vae_dir)
         else:
             weights_sha256 = sha256_file(unet_weights)
             model = load_removal_model(cfg, unet_weights)
@@ -69,3 +63,18 @@ def run_export(out_dir, *, unet_config="moebius", unet_weights=None, vae_dir=Non
              "static" if static_batch else "dynamic", out_dir)
     return export_models(model, vae, scaling_factor, out_dir, provenance=provenance,
                          weights_sha256=weights_sha256, static_batch=static_batch)
+
+
+def random_init_modules(cfg, seed: int, vae_dir=None) -> tuple:
+    """(UNet, VAE, scaling factor): the PyTorch modules ``export --random-init --seed SEED`` exports
+    for ``cfg``, rebuilt the same from a folder's provenance by the benchmarks that compare them
+    with the graphs. The tiny preset's UNet (at any image size) gets the tiny VAE layout: a
+    full-size VAE would make toolchain runs 10× slower and 300 MB larger for nothing."""
+    from moebius_edge.export.vae import build_random_vae, load_vae, packaged_vae_config
+
+    torch.manual_seed(seed)
+    model = perturb_for_testing_(build_removal_model(cfg), seed)
+    tiny = cfg.replace(image_size=PRESETS["tiny"].image_size) == PRESETS["tiny"]
+    vae, scaling_factor = (load_vae(vae_dir) if vae_dir
+                           else build_random_vae(seed, packaged_vae_config("tiny" if tiny else "sdxl")))
+    return model, vae, scaling_factor

@@ -22,8 +22,6 @@ ALLOWED = {
     ("export/config.py", "image_size"): "a field of the official moebius.yaml schema",
     ("runtime/imageio.py", "image"): "the word for the photo in messages (\"image\" or \"mask\" file)",
     ("runtime/commands/run.py", "mask"): "the --json record's field for the mask file the user gave",
-    ("benchmarks/runtime.py", "image"): "the result JSON's field for the benchmarked image size",
-    ("benchmarks/runtime.py", "provenance"): "the result JSON's field, copied from ModelsFolder.provenance",
 }
 
 

@@ -1,0 +1,178 @@
+"""Time and peak memory of one 512×512 inpainting, per precision and runtime configuration.
+
+Each configuration runs in its own child process, so every peak RSS belongs to that run alone. A
+configuration is ``PRECISION[-MODE]`` or ``torch``:
+
+* ``fp32``, ``fp16``, ``int8``  the NumPy runtime on ONNX Runtime (no torch) with that models
+                                folder: sessions created lazily and released after each phase
+                                (what `moebius-edge run` does);
+* ``…-low-memory``              the same with ORT's CPU arena and memory patterns off (``--low-memory``);
+* ``…-keep``                    all three sessions kept alive (``Inpainter(keep_sessions=True)``):
+                                what the lazy release saves;
+* ``torch``                     the same pipeline with the PyTorch modules in eager mode
+                                (``benchmarks/torch_pipeline.py``): the official-equivalent baseline.
+
+    .venv/bin/python benchmarks/pipeline.py [--models models] [--configs torch,fp32,int8]
+                                            [--steps 20] [--threads 0] [--json FILE]
+
+Without a models folder it first exports the full-size random-init model to a temporary folder
+(needs the export extra, ~7 minutes on 2 cores). Random weights time and size exactly like the
+official ones. The photo is the centre 512×512 of tests/data/demo_photo.jpg with its mask. The
+ratios are against the first configuration, on the inpainting's time without session creation
+(or, for PyTorch, module building: loading is reported apart), from runs in sequence (not interleaved: each run is
+minutes long and in its own process); the JSON records the machine and its load.
+
+benchmarks/results/runtime.json is this measurement by the script's first version (configurations
+default, low-memory and keep = fp32, fp32-low-memory, fp32-keep), on the AVX-512 machine of the
+issues; docs/scale.md and the Ray actor's memory request cite it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from moebius_edge import contract
+from moebius_edge.models import open_models
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # a script: benchmarks.* from the checkout
+
+from benchmarks.machine_info import describe  # noqa: E402
+TORCH = "torch"
+LOAD_PHASES = ("encoder_load", "unet_load", "decoder_load")  # RunInfo.seconds: session creation
+MODES = ("low-memory", "keep")
+DEFAULT_CONFIGS = ("fp32", "fp32-low-memory")
+
+
+def parse_config(config: str) -> tuple:
+    """``PRECISION[-MODE]`` → (precision, mode or ""); ``torch`` → ("torch", "")."""
+    if config == TORCH:
+        return TORCH, ""
+    precision, _, mode = config.partition("-")
+    if precision not in contract.PRECISIONS or mode not in ("", *MODES):
+        raise ValueError(f"unknown configuration {config!r}: use torch or PRECISION[-MODE] with PRECISION in "
+                         f"{', '.join(contract.PRECISIONS)} and MODE in {', '.join(MODES)}")
+    return precision, mode
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def worker(models: str, config: str, steps: int, threads: int) -> dict:
+    """One run in this process; returns timings and peak RSS."""
+    import numpy as np
+    from PIL import Image
+
+    from moebius_edge.pipeline import Inpainter
+
+    base_mb = _rss_mb()
+    photo = np.asarray(Image.open(ROOT / "tests/data/demo_photo.jpg").convert("RGB"))
+    mask = np.asarray(Image.open(ROOT / "tests/data/demo_mask.png").convert("L"))
+    precision, mode = parse_config(config)
+    if precision == TORCH:
+        from benchmarks.torch_pipeline import torch_inpainter
+
+        inp, open_s = torch_inpainter(models, threads)
+    else:
+        t = time.perf_counter()
+        inp = Inpainter.from_models(models, precision, providers="cpu", threads=threads,
+                                    low_memory=mode == "low-memory", keep_sessions=mode == "keep")
+        open_s = time.perf_counter() - t
+    n = inp.image_size
+    # A native-size window around the hole: processed whole, exactly the official pipeline.
+    h, w = photo.shape[:2]
+    ys, xs = np.nonzero(mask)
+    cx, cy = int(xs.mean()), int(ys.mean())
+    x0, y0 = min(max(cx - n // 2, 0), w - n), min(max(cy - n // 2, 0), h - n)
+    image, hole = photo[y0:y0 + n, x0:x0 + n], mask[y0:y0 + n, x0:x0 + n]
+    t = time.perf_counter()
+    inp.inpaint(image, hole, seed=0, steps=steps)
+    wall = time.perf_counter() - t
+    info = inp.last_run
+    return {"config": config, "image_px": [n, n], "model_steps": info.steps, "threads": threads,
+            "open_models_s": round(open_s, 3), "wall_s": round(wall, 3),
+            "seconds": {k: round(v, 3) for k, v in info.seconds.items()},
+            "unet_step_s": round(info.seconds["denoise"] / info.steps, 3),
+            # The inpainting without creating sessions (ORT) or building modules (PyTorch): what
+            # the configurations are compared on; loading is reported apart.
+            "compute_s": round(info.seconds["total"] - sum(info.seconds[k] for k in LOAD_PHASES), 3),
+            "load_s": round(open_s + sum(info.seconds[k] for k in LOAD_PHASES), 3),
+            "peak_rss_mb": round(_rss_mb(), 1), "rss_before_mb": round(base_mb, 1),
+            "providers": info.providers}
+
+
+def _export(out: Path) -> None:
+    print(f"no models folder given: exporting the full-size random-init model to {out} (takes minutes) ...",
+          flush=True)
+    subprocess.run([sys.executable, "-m", "moebius_edge.cli", "export", "--random-init", "--preset", "moebius",
+                    "--seed", "0", "--out", str(out)], check=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=contract.DEFAULT_MODELS_DIR, help="models folder (exported when missing)")
+    ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                    help="comma-separated: torch, or PRECISION[-low-memory|-keep]; ratios are against the first")
+    ap.add_argument("--steps", type=int, default=20, help="DDIM steps (strength 0.99 runs one fewer)")
+    ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's choice)")
+    ap.add_argument("--json", default=str(ROOT / "benchmarks/results/pipeline.json"))
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.models, args.worker, args.steps, args.threads)))
+        return 0
+
+    configs = [c for c in args.configs.split(",") if c]
+    for c in configs:
+        try:
+            parse_config(c)
+        except ValueError as e:
+            ap.error(str(e))
+    with tempfile.TemporaryDirectory() as tmp:
+        models = Path(args.models)
+        if not (models / contract.MANIFEST_FILE).is_file():
+            models = Path(tmp) / "models"
+            _export(models)
+        rows = []
+        for c in configs:
+            print(f"running {c} ...", flush=True)
+            proc = subprocess.run([sys.executable, __file__, "--worker", c, "--models", str(models),
+                                   "--steps", str(args.steps), "--threads", str(args.threads)],
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f"{c} failed:\n{proc.stderr}")
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        manifest = open_models(models)
+
+    first = rows[0]
+    hdr = f"{'config':<16} {'open s':>7} {'enc load':>8} {'encode':>7} {'unet load':>9} {'per step':>8} " \
+          f"{'decode':>7} {'total s':>8} {'vs ' + first['config']:>12} {'peak RSS':>9}"
+    machine = describe()
+    print(f"\n{first['image_px'][0]}×{first['image_px'][1]}, {first['model_steps']} model steps, CPU, onnxruntime "
+          f"{machine['onnxruntime']}, {machine['processor']}, threads {args.threads or 'auto'}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        s = r["seconds"]
+        r["speedup_vs_first"] = round(first["compute_s"] / r["compute_s"], 3)
+        print(f"{r['config']:<16} {r['open_models_s']:>7.2f} {s['encoder_load']:>8.2f} {s['encode']:>7.2f} "
+              f"{s['unet_load']:>9.2f} {r['unet_step_s']:>8.2f} {s['decode']:>7.2f} {s['total']:>8.1f} "
+              f"{r['speedup_vs_first']:>11.2f}x {r['peak_rss_mb']:>7.0f} MB")
+    result = {"benchmark": "pipeline_512", "machine": machine, "models_provenance": manifest.provenance,
+              "threads": args.threads, "graph_bytes": {s.key: manifest.entry(s)[contract.GRAPH_BYTES]
+                                                       for s in contract.GRAPHS}, "runs": rows}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The performance benchmarks in smoke mode on a tiny random-init export: the end-to-end run
+(benchmarks/pipeline.py) with its PyTorch baseline (benchmarks/torch_pipeline.py), and one call of
+each network (benchmarks/graph_step.py). What they run and record, not how fast: no timing asserts."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+
+@pytest.fixture(scope="module")
+def random_tiny(tmp_path_factory):
+    from moebius_edge.export.job import run_export
+
+    out = tmp_path_factory.mktemp("bench") / "models"
+    run_export(out, unet_config="tiny", random_init=True, seed=3)
+    return out
+
+
+def test_torch_baseline_runs_the_same_pipeline_as_the_graphs(random_tiny):
+    """The PyTorch modules rebuilt from the folder's seed fill the hole like its graphs do: the
+    baseline does the same work on the same weights."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.torch_pipeline import TORCH_LABEL, torch_inpainter
+    from moebius_edge.pipeline import Inpainter
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (150, 170, 3), dtype=np.uint8)
+    mask = np.zeros((150, 170), np.uint8)
+    mask[40:90, 60:120] = 255
+    ours = Inpainter.from_models(random_tiny, providers="cpu")
+    theirs, _ = torch_inpainter(random_tiny)
+    a = ours.inpaint(image, mask, seed=1, steps=4)
+    b = theirs.inpaint(image, mask, seed=1, steps=4)
+    assert set(theirs.last_run.providers.values()) == {TORCH_LABEL}
+    assert not np.array_equal(a, image)
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 2 and (diff == 0).mean() > 0.99
+
+
+def test_pipeline_benchmark_smoke(random_tiny, tmp_path):
+    out = tmp_path / "pipeline.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--models", str(random_tiny),
+                           "--configs", "torch,fp32-keep", "--steps", "2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())
+    assert [run["config"] for run in r["runs"]] == ["torch", "fp32-keep"]
+    assert r["runs"][0]["speedup_vs_first"] == 1.0 and r["runs"][1]["speedup_vs_first"] > 0
+    assert r["machine"]["processor"] and r["models_provenance"] == "random-init:3"
+    assert all(run["peak_rss_mb"] > 0 and run["model_steps"] == 1 for run in r["runs"])
+    assert "torch" in proc.stdout and "fp32-keep" in proc.stdout
+
+
+def test_pipeline_benchmark_rejects_unknown_configs(random_tiny):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--models", str(random_tiny),
+                           "--configs", "fp32,int4"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown configuration 'int4'" in proc.stderr
+
+
+def test_graph_step_benchmark_smoke(random_tiny, tmp_path):
+    out = tmp_path / "graph_step.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "graph_step.py"), "--models", str(random_tiny),
+                           "--rounds", "3", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())
+    assert [g["network"] for g in r["networks"]] == ["unet", "vae_encoder", "vae_decoder"]
+    assert r["ort_allow_spinning"] is False and r["machine"]["processor"]
+    for g in r["networks"]:
+        torch_row, ort_row = g["rows"].values()
+        assert torch_row["ratio"] == 1.0 and len(ort_row["times_s"]) == 3
+        # The same weights: the graphs compute what the PyTorch modules do (export parity).
+        assert ort_row["rel_l2_vs_torch"] < 1e-4
+        assert g["gflop"] is None  # 128 px: the full-size FLOP count does not apply
