@@ -514,3 +514,24 @@ def test_strip_metadata(tiny_models_dir, tmp_path, capsys):
     copy = Image.open(tmp_path / "copy.jpg")
     assert copy.size == (w, h) and MAKE not in copy.getexif()
     assert Image.open(tmp_path / "p.jpg").getexif()[MAKE] == "TestCam"  # the input keeps it
+
+
+@pytest.mark.parametrize("extra, created", [((), 1), (("--low-memory",), 3)])
+def test_batch_keeps_sessions_from_photo_to_photo(tiny_models_dir, tmp_path, capsys, monkeypatch, extra, created):
+    """Batch mode creates each graph's session once for all photos (seconds each at full size),
+    unless --low-memory asks for the smaller peak: then once per photo, as a single run does."""
+    from moebius_edge import session
+
+    images, masks = _batch_folders(tmp_path)
+    counts = {}
+    original = session.create_session
+
+    def counting(path, config, label=""):
+        counts[label] = counts.get(label, 0) + 1
+        return original(path, config, label)
+
+    monkeypatch.setattr(session, "create_session", counting)
+    rc, _, _ = run(capsys, images, "--masks", masks, "-o", tmp_path / "out", "--models", tiny_models_dir,
+                   "--steps", 2, *extra)
+    assert rc == 0 and len(list((tmp_path / "out").iterdir())) == 3
+    assert counts == {spec.key: created for spec in contract.GRAPHS}

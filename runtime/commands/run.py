@@ -431,7 +431,10 @@ def _run_batch(args, folder: Path) -> int:
         except UserError as e:
             skip(image, e)
     if todo:
-        runner.inpainter  # noqa: B018 - a bad models folder fails every pair: stop before starting
+        # A bad models folder fails every pair: open it before starting. With two photos or more
+        # the three sessions stay alive from one photo to the next (each costs seconds to create:
+        # benchmarks/pipeline.py's load column) unless --low-memory asks for the smaller peak.
+        runner.inpainter.keep_sessions = len(todo) > 1 and not args.low_memory
         try:
             outdir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -445,6 +448,8 @@ def _run_batch(args, folder: Path) -> int:
         except UserError as e:
             skip(image, e)
     bar.close()
+    if todo:
+        runner.inpainter.release()
     done = len(records)
     log.info("%d of %d images done%s", done, len(images), f", {len(failures)} skipped" if failures else "")
     if args.json:
