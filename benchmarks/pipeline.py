@@ -6,7 +6,7 @@ configuration is ``PRECISION[-MODE]`` or ``torch``:
 * ``fp32``, ``fp16``, ``int8``  the NumPy runtime on ONNX Runtime (no torch) with that models
                                 folder: sessions created lazily and released after each phase
                                 (what `moebius-edge run` does);
-* ``…-low-memory``              the same with ORT's CPU arena and memory patterns off (``--low-memory``);
+* ``…-low-memory``              the same with ORT's CPU arena off (``--low-memory``);
 * ``…-keep``                    all three sessions kept alive (``Inpainter(keep_sessions=True)``):
                                 what the lazy release saves;
 * ``torch``                     the same pipeline with the PyTorch modules in eager mode

@@ -6,7 +6,9 @@ This module only creates and feeds sessions; ``models.py`` reads and checks the 
   ``contract.PROVIDERS``) with a CPU fallback and logs what actually runs;
 * creates each graph's session only when it is first needed and drops it on ``release()``: the
   three fp32 graphs at 512×512 hold 4.3 GB between them when all stay alive (measured,
-  benchmarks/results/runtime.json), 2.9 GB when each is released after its phase;
+  benchmarks/results/runtime.json), 2.9 GB when each is released after its phase, and 1.9 GB
+  once results are copied out of ORT and memory patterns are off (``GraphSession.run``,
+  ``_session_options``; benchmarks/pipeline.py measures it);
 * checks each graph's metadata (``session.get_modelmeta()``; the base install has no ``onnx``
   package) against the manifest, and feeds inputs by contract name after checking them against
   the contract's dtypes and the session's own declared shapes (docs/style.md §5).
@@ -81,7 +83,7 @@ class SessionConfig:
 
     provider: str | tuple = "auto"  # a contract.PROVIDER_CHOICES entry, or a tuple of provider names in order
     threads: int = 0  # intra-op threads; 0 lets ONNX Runtime choose (one per physical core)
-    low_memory: bool = False  # no CPU memory arena and no memory-pattern planning: slower, smaller
+    low_memory: bool = False  # no CPU memory arena: slower, smaller
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,9 +97,13 @@ def _session_options(config: SessionConfig):
     if config.threads:
         so.intra_op_num_threads = int(config.threads)
         so.inter_op_num_threads = 1
+    # No memory patterns: from its second run a session with a pattern allocates the pattern's
+    # block beside what its arena already holds (512², CPU, measured: the VAE decoder peaks at 2.4 GB
+    # with them and 1.4 GB without, the encoder 1.35 and 0.97 GB, the UNet the same either way; no
+    # time difference beyond the machine's noise).
+    so.enable_mem_pattern = False
     if config.low_memory:
         so.enable_cpu_mem_arena = False
-        so.enable_mem_pattern = False
     so.log_severity_level = 3  # ORT's own warnings (e.g. unused initializers) are not the user's concern
     return so
 
@@ -231,4 +237,7 @@ class GraphSession:
     def run(self, **inputs) -> np.ndarray:
         sess = self.session()
         out = sess.run(self.spec.output_names, self._feed(sess, inputs))[0]
-        return np.asarray(out, dtype=np.float32)
+        # A copy, never ORT's own array: that one keeps the session's whole memory arena alive
+        # after release() for as long as the result lives (the encoder's latents pinned ~1 GB of
+        # arena through the denoising loop at 512², measured). Outputs are small; the copy is not.
+        return np.array(out, dtype=np.float32, copy=True)

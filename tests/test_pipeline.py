@@ -180,6 +180,17 @@ def test_inputs_are_checked_against_the_session(inpainter):
     unet.release()
 
 
+def test_session_results_do_not_hold_onnxruntime_memory(inpainter):
+    """A result is the caller's own array: ORT's array would keep the released session's whole
+    memory arena alive for as long as the result lives (the encoder's latents held ~1 GB through
+    the denoising loop at 512²)."""
+    enc = inpainter.graphs[contract.VAE_ENCODER.key]
+    n, lat = inpainter.image_size, inpainter.latent_size
+    z = enc.run(image=np.zeros((1, 3, n, n), np.float32), noise=np.zeros((1, 4, lat, lat), np.float32))
+    enc.release()
+    assert z.flags.owndata and z.base is None and z.dtype == np.float32
+
+
 def test_low_memory_and_threads(tiny_models_dir, golden):
     inp = Inpainter.from_models(tiny_models_dir, providers=["CPUExecutionProvider"], threads=1, low_memory=True,
                                 verify=False)
