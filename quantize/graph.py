@@ -127,7 +127,8 @@ class GraphRunner:
         self.output = self.sess.get_outputs()[0].name
 
     def run(self, **inputs) -> np.ndarray:
-        return np.asarray(self.sess.run([self.output], inputs)[0], dtype=np.float32)
+        # A copy, as GraphSession.run: ORT's own array would keep the session's arena alive.
+        return np.array(self.sess.run([self.output], inputs)[0], dtype=np.float32, copy=True)
 
     def release(self) -> None:
         pass
