@@ -78,3 +78,38 @@ def test_graph_step_benchmark_smoke(random_tiny, tmp_path):
         # The same weights: the graphs compute what the PyTorch modules do (export parity).
         assert ort_row["rel_l2_vs_torch"] < 1e-4
         assert g["gflop"] is None  # 128 px: the full-size FLOP count does not apply
+
+
+def test_gpu_benchmark_step_is_the_official_forward_and_runs_on_cpu(random_tiny, tmp_path):
+    """benchmarks/gpu.py's on-device guided step computes what the parity reference does; its
+    smoke run (--device cpu, eager fp32 only) writes its JSON and says ORT CUDA was not run."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.gpu import guided_step
+    from benchmarks.inputs import unet_feed
+    from moebius_edge import contract
+    from moebius_edge.export.config import MoebiusConfig
+    from moebius_edge.export.job import random_init_modules
+    from moebius_edge.export.onnx_export import reference_guided_eps
+    from moebius_edge.models import open_models
+
+    models = open_models(random_tiny)
+    model, _, _ = random_init_modules(MoebiusConfig.from_dict(models.get(contract.META_MODEL_CONFIG)), 3)
+    model.eval()
+    feed = unet_feed(models.latent_size, timestep=321)
+    args = [feed[t.name] for t in contract.UNET.inputs]
+    ref = reference_guided_eps(model, *args[:4], contract.DEFAULT_GUIDANCE)
+    ids = torch.tensor([contract.UNCOND_IDS, contract.COND_IDS])
+    with torch.inference_mode():
+        got = guided_step(model, *(torch.from_numpy(a) for a in args[:4]), ids, contract.DEFAULT_GUIDANCE).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--models", str(random_tiny),
+                           "--device", "cpu", "--dtypes", "fp32", "--no-compile", "--reps", "2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())
+    assert list(r["rows"]) == ["PyTorch eager fp32"] and r["rows"]["PyTorch eager fp32"]["reps"] == 2
+    assert r["onnxruntime_cuda"] == "not run" and r["device"] == "cpu"
