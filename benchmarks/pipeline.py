@@ -65,6 +65,26 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _watch_phases(inp) -> dict:
+    """{phase: peak RSS MB within it} filled as ``inp`` runs its encode, denoise and decode phases
+    (Linux: VmHWM reset per phase; empty elsewhere)."""
+    from moebius_edge.quantize.job import phase_peak_rss_mb, reset_peak_rss
+
+    peaks = {}
+    for phase in ("encode", "denoise", "decode"):
+        method = getattr(inp, f"_{phase}")
+
+        def watched(*args, _method=method, _phase=phase, **kwargs):
+            reset_peak_rss()
+            try:
+                return _method(*args, **kwargs)
+            finally:
+                if (mb := phase_peak_rss_mb()) is not None:
+                    peaks[_phase] = round(mb, 1)
+        setattr(inp, f"_{phase}", watched)
+    return peaks
+
+
 def worker(models: str, config: str, steps: int, threads: int) -> dict:
     """One run in this process; returns timings and peak RSS."""
     import numpy as np
@@ -85,6 +105,7 @@ def worker(models: str, config: str, steps: int, threads: int) -> dict:
         inp = Inpainter.from_models(models, precision, providers="cpu", threads=threads,
                                     low_memory=mode == "low-memory", keep_sessions=mode == "keep")
         open_s = time.perf_counter() - t
+    phase_peaks = _watch_phases(inp)
     n = inp.image_size
     # A native-size window around the hole: processed whole, exactly the official pipeline.
     h, w = photo.shape[:2]
@@ -105,6 +126,7 @@ def worker(models: str, config: str, steps: int, threads: int) -> dict:
             "compute_s": round(info.seconds["total"] - sum(info.seconds[k] for k in LOAD_PHASES), 3),
             "load_s": round(open_s + sum(info.seconds[k] for k in LOAD_PHASES), 3),
             "peak_rss_mb": round(_rss_mb(), 1), "rss_before_mb": round(base_mb, 1),
+            "phase_peak_rss_mb": phase_peaks,
             "providers": info.providers}
 
 

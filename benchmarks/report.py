@@ -210,12 +210,14 @@ def pipeline(r: dict) -> str:
              f"(`benchmarks/pipeline.py`; {_machine_line(r['machine'])}). Inpainting seconds leave out session "
              "creation (ONNX Runtime) and module building (PyTorch), shown as load:", "",
              f"| configuration | s per UNet step | encode s | decode s | inpainting s | vs {first['config']} | "
-             "load s | peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+             "load s | peak RSS MB | peak in encode / denoise / decode MB |", "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         s = run["seconds"]
         lines.append(f"| {run['config']} | {run['unet_step_s']:.2f} | {s['encode']:.1f} | {s['decode']:.1f} | "
                      f"{run['compute_s']:.1f} | {run['speedup_vs_first']:.2f}x | {run['load_s']:.1f} | "
-                     f"{run['peak_rss_mb']:,.0f} |")
+                     f"{run['peak_rss_mb']:,.0f} | "
+                     + " / ".join(f"{run['phase_peak_rss_mb'].get(p, 0):,.0f}" for p in ("encode", "denoise", "decode"))
+                     + " |")
     return "\n".join(lines)
 
 

@@ -55,6 +55,9 @@ def test_pipeline_benchmark_smoke(random_tiny, tmp_path):
     assert r["runs"][0]["speedup_vs_first"] == 1.0 and r["runs"][1]["speedup_vs_first"] > 0
     assert r["machine"]["processor"] and r["models_provenance"] == "random-init:3"
     assert all(run["peak_rss_mb"] > 0 and run["model_steps"] == 1 for run in r["runs"])
+    for run in r["runs"]:  # Linux: each phase's own peak, within the process's
+        assert set(run["phase_peak_rss_mb"]) == {"encode", "denoise", "decode"}
+        assert 0 < max(run["phase_peak_rss_mb"].values()) <= run["peak_rss_mb"]
     assert "torch" in proc.stdout and "fp32-keep" in proc.stdout
 
 
