@@ -62,12 +62,9 @@ def _timed(fn, reps: int, sync) -> dict:
 def torch_rows(models, device: str, dtypes, compile_too: bool, reps: int) -> dict:
     import torch
 
-    from moebius_edge.export.config import MoebiusConfig
-    from moebius_edge.export.job import random_init_modules
+    from benchmarks.torch_pipeline import torch_modules
 
-    seed = int(models.provenance[len(contract.PROVENANCE_RANDOM_INIT):])
-    cfg = MoebiusConfig.from_dict(models.get(contract.META_MODEL_CONFIG))
-    base, _, _ = random_init_modules(cfg, seed)
+    base = torch_modules(models)[contract.UNET.key]
     feed = unet_feed(models.latent_size)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     ids = torch.tensor([contract.UNCOND_IDS, contract.COND_IDS], dtype=torch.int64, device=device)

@@ -25,14 +25,13 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # a script: benchmarks.* from the checkout
 
 from benchmarks.inputs import unet_feed, vae_feed  # noqa: E402
 from benchmarks.machine_info import describe  # noqa: E402
 from benchmarks.timing import FULL_SIZE_GFLOP, interleaved, ort_session  # noqa: E402
+from benchmarks.torch_pipeline import torch_modules  # noqa: E402
 from moebius_edge import contract  # noqa: E402
 from moebius_edge.errors import UserError  # noqa: E402
 from moebius_edge.models import open_models  # noqa: E402
@@ -61,23 +60,6 @@ def _torch_contender(spec: contract.GraphSpec, modules: dict, feed: dict):
     return call
 
 
-def _torch_modules(models, threads: int) -> dict:
-    import torch
-
-    from moebius_edge.export.config import MoebiusConfig
-    from moebius_edge.export.job import random_init_modules
-    from moebius_edge.export.onnx_export import VaeDecoder, VaeEncoder
-
-    if not models.provenance.startswith(contract.PROVENANCE_RANDOM_INIT):
-        raise SystemExit("needs a --random-init export (the PyTorch side is rebuilt from its seed)")
-    if threads:
-        torch.set_num_threads(threads)
-    seed = int(models.provenance[len(contract.PROVENANCE_RANDOM_INIT):])
-    model, vae, sf = random_init_modules(MoebiusConfig.from_dict(models.get(contract.META_MODEL_CONFIG)), seed)
-    return {contract.UNET.key: model.eval(), contract.VAE_ENCODER.key: VaeEncoder(vae, sf).eval(),
-            contract.VAE_DECODER.key: VaeDecoder(vae, sf).eval()}
-
-
 def _ort_paths(root: Path, spec: contract.GraphSpec) -> dict:
     """{contender: graph file} for the precisions present; a variant that references the fp32
     graph (the int8 folder's VAE) is the fp32 graph and is not timed twice."""
@@ -92,12 +74,9 @@ def _ort_paths(root: Path, spec: contract.GraphSpec) -> dict:
     return paths
 
 
-def rel_l2(a, ref) -> float:
-    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(a - ref) / max(np.linalg.norm(ref), 1e-30))
-
-
 def bench_graph(models, spec: contract.GraphSpec, modules: dict, rounds: int, threads: int) -> dict:
+    from moebius_edge.export.onnx_export import rel_l2
+
     feed = unet_feed(models.latent_size) if spec is contract.UNET else vae_feed(spec, models.image_size)
     contenders = {TORCH: _torch_contender(spec, modules, feed)}
     for name, path in _ort_paths(models.root, spec).items():
@@ -145,7 +124,7 @@ def main(argv=None) -> int:
     import torch
 
     models = open_models(args.models)
-    modules = _torch_modules(models, args.threads)
+    modules = torch_modules(models, args.threads)
     result = {"benchmark": "graph_step", "machine": describe(), "torch": torch.__version__,
               "torch_threads": torch.get_num_threads(), "threads": args.threads, "rounds": args.rounds,
               "ort_allow_spinning": False, "models_provenance": models.provenance, "image_side": models.image_size,

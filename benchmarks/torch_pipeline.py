@@ -46,24 +46,35 @@ class TorchGraph:
         pass
 
 
-def torch_graphs(models, threads: int = 0) -> dict:
-    """{graph key: TorchGraph} for a random-init models folder (``ModelsFolder``)."""
+def torch_modules(models, threads: int = 0) -> dict:
+    """{graph key: PyTorch module in eval mode} rebuilt from a random-init models folder's seed
+    (``ModelsFolder``): the UNet (``RemovalModel``) and the VAE wrappers the graphs were traced
+    from. Exits with one line for a folder of other weights."""
     import torch
 
     from moebius_edge.export.config import MoebiusConfig
     from moebius_edge.export.job import random_init_modules
-    from moebius_edge.export.onnx_export import VaeDecoder, VaeEncoder, reference_guided_eps
+    from moebius_edge.export.onnx_export import VaeDecoder, VaeEncoder
 
     if not models.provenance.startswith(contract.PROVENANCE_RANDOM_INIT):
-        raise SystemExit(f"{models.root}: the PyTorch pipeline is rebuilt from a random-init seed, but this "
+        raise SystemExit(f"{models.root}: the PyTorch modules are rebuilt from a random-init seed, but this "
                          f"folder's provenance is {models.provenance!r}")
     if threads:
         torch.set_num_threads(threads)
     seed = int(models.provenance[len(contract.PROVENANCE_RANDOM_INIT):])
-    cfg = MoebiusConfig.from_dict(models.get(contract.META_MODEL_CONFIG))
-    model, vae, sf = random_init_modules(cfg, seed)
-    model.eval()
-    enc, dec = VaeEncoder(vae, sf).eval(), VaeDecoder(vae, sf).eval()
+    model, vae, sf = random_init_modules(MoebiusConfig.from_dict(models.get(contract.META_MODEL_CONFIG)), seed)
+    return {contract.UNET.key: model.eval(), contract.VAE_ENCODER.key: VaeEncoder(vae, sf).eval(),
+            contract.VAE_DECODER.key: VaeDecoder(vae, sf).eval()}
+
+
+def torch_graphs(models, threads: int = 0) -> dict:
+    """{graph key: TorchGraph} for a random-init models folder (``ModelsFolder``)."""
+    import torch
+
+    from moebius_edge.export.onnx_export import reference_guided_eps
+
+    modules = torch_modules(models, threads)
+    model, enc, dec = (modules[s.key] for s in contract.GRAPHS)
 
     def unet(latent, mask, masked_latent, timestep, guidance_scale):
         return reference_guided_eps(model, latent, mask, masked_latent, timestep, float(guidance_scale[0]))
