@@ -57,7 +57,8 @@ def test_pipeline_benchmark_smoke(random_tiny, tmp_path):
     assert all(run["peak_rss_mb"] > 0 and run["model_steps"] == 1 for run in r["runs"])
     for run in r["runs"]:  # Linux: each phase's own peak, within the process's
         assert set(run["phase_peak_rss_mb"]) == {"encode", "denoise", "decode"}
-        assert 0 < max(run["phase_peak_rss_mb"].values()) <= run["peak_rss_mb"]
+        # VmHWM and getrusage round apart by a fraction of a MB.
+        assert 0 < max(run["phase_peak_rss_mb"].values()) <= run["peak_rss_mb"] + 1
     assert "torch" in proc.stdout and "fp32-keep" in proc.stdout
 
 
