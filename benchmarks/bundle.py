@@ -67,13 +67,14 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "bundle.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # a script, not a library
-    results = json.loads(args.json.read_text()) if args.json.is_file() else {"bundles": {}}
     for spec in args.bundle:
         target, precision = spec.split(":")
         record = one(args.models.resolve(), (args.out / f"{target}-{precision}").resolve(), target, precision,
                      args.threads, args.rewrites)
         record["peak_rss_mb"] = {"self": round(_peak_mb(resource.RUSAGE_SELF)),
                                  "children": round(_peak_mb(resource.RUSAGE_CHILDREN))}
+        # Read just before writing: bundles built by two processes at once both land in the file.
+        results = json.loads(args.json.read_text()) if args.json.is_file() else {"bundles": {}}
         results["bundles"][f"{target}-{precision}"] = record
         results["machine"] = describe()
         args.json.parent.mkdir(parents=True, exist_ok=True)

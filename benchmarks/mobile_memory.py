@@ -38,6 +38,10 @@ import mobile_reference as mr
 
 bundle = mr.load_bundle(sys.argv[1])
 phone = sys.argv[2] == "phone"
+steps = int(sys.argv[3])
+sched = bundle["sampling"]["schedule"]
+for key in ("timesteps", "alpha_t", "alpha_prev"):
+    sched[key] = sched[key][:steps or None]
 n = bundle["image_size"]
 y, x = np.mgrid[0:n, 0:n]
 image = np.stack([x * 255 // n, y * 255 // n, (x + y) * 127 // n], -1).astype(np.uint8)
@@ -53,9 +57,9 @@ print(json.dumps({{"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF)
 """
 
 
-def measure(bundle: Path, mode: str) -> dict:
+def measure(bundle: Path, mode: str, steps: int = 0) -> dict:
     code = CHILD.format(examples=str(ROOT / "examples"))
-    proc = subprocess.run([sys.executable, "-c", code, str(bundle), mode], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code, str(bundle), mode, str(steps)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{bundle} ({mode}): {proc.stderr.strip().splitlines()[-1]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -64,6 +68,9 @@ def measure(bundle: Path, mode: str) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bundles", type=Path, nargs="+")
+    p.add_argument("--steps", type=int, default=0,
+                   help="denoising steps run (0: the bundle's schedule); every step holds the same memory, so "
+                        "2 measure the peak of a full run in a tenth of its time")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "bundle_memory.json")
     args = p.parse_args(argv)
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
@@ -73,9 +80,10 @@ def main(argv=None) -> int:
         b = json.loads((bundle / contract.BUNDLE_FILE).read_text())
         graphs = b[contract.MANIFEST_GRAPHS].values()
         record = {"target": b["target"], SIZE: b[SIZE],
-                  "graph_mib": round(sum(g[contract.GRAPH_BYTES] for g in graphs) / 2**20, 1)}
+                  "graph_mib": round(sum(g[contract.GRAPH_BYTES] for g in graphs) / 2**20, 1),
+                  "steps": args.steps or len(b["sampling"]["schedule"]["timesteps"])}
         for mode in ("phone", "desktop"):
-            record[mode] = measure(bundle, mode)
+            record[mode] = measure(bundle, mode, args.steps)
             print(f"{bundle.name} [{mode}]: peak RSS {record[mode]['peak_rss_mb']} MB "
                   f"(baseline {record[mode]['baseline_rss_mb']} MB), {record[mode]['seconds']} s")
         results.setdefault("bundles", {})[f"{b['target']}-{b[PRECISION]}-{b[SIZE]}"] = record
