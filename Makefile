@@ -27,7 +27,7 @@ ifneq ($(strip $(TORCH_INDEX)),)
 	$(if $(TORCH_REQUIREMENT),,$(error pyproject.toml has no "torch==VERSION" pin for the TORCH_INDEX step))
 	$(PY) -m pip install -q --timeout 10 --retries 1 --extra-index-url $(TORCH_INDEX) $(TORCH_REQUIREMENT)
 endif
-	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[export,quantize,mobile,dev,ray]"
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[export,quantize,mobile,dev,ray,bench]"
 
 test:
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
@@ -64,6 +64,7 @@ BENCH_CONFIGS ?= torch,fp32,int8
 bench:
 	$(PY) benchmarks/graph_step.py --models $(BENCH_MODELS) --rounds 3
 	$(PY) benchmarks/pipeline.py --models $(BENCH_MODELS) --configs $(BENCH_CONFIGS)
+	$(PY) benchmarks/report.py
 
 # Full-size (512x512) random-init export and its gated variants: ~7 min, then ~1 h on 2 cores.
 bench-models:

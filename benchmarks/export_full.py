@@ -19,6 +19,9 @@ from moebius_edge import contract
 from moebius_edge.models import open_models
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # a script: benchmarks.* from the checkout
+
+from benchmarks.machine_info import describe  # noqa: E402
 
 
 def main():
@@ -53,7 +56,8 @@ def main():
     for spec in contract.GRAPHS:
         g = manifest.entry(spec)
         print(f"| {g[contract.GRAPH_FILE]} | {g[contract.GRAPH_BYTES] / 2**20:.1f} | {parity[spec.key]['rel_l2']:.2e} |")
-    result = {"preset": args.preset, "image_side": args.image_size, "wall_s": wall, "peak_rss_mb": peak_mb,
+    result = {"preset": args.preset, "image_side": args.image_size, "machine": describe(), "wall_s": wall,
+              "peak_rss_mb": peak_mb,
               "stages": [{"stage": n, "seconds": s, "peak_rss_mb_so_far": r} for n, s, r in stages],
               contract.MANIFEST_GRAPHS: manifest.manifest[contract.MANIFEST_GRAPHS], "parity_by_graph": parity}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

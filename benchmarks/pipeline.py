@@ -13,7 +13,12 @@ configuration is ``PRECISION[-MODE]`` or ``torch``:
                                 (``benchmarks/torch_pipeline.py``): the official-equivalent baseline.
 
     .venv/bin/python benchmarks/pipeline.py [--models models] [--configs torch,fp32,int8]
-                                            [--steps 20] [--threads 0] [--json FILE]
+                                            [--steps 20] [--threads 0] [--batch N] [--json FILE]
+
+``--batch N`` also times, per ONNX Runtime configuration and in a process of its own, `moebius-edge
+run` over a folder of N native-size photos (the centres of tests/data/photos, one hole each): images
+per minute from the command's start to its end, session creation and image files included, with
+its peak RSS (batch mode keeps its sessions from photo to photo unless ``low-memory``).
 
 Without a models folder it first exports the full-size random-init model to a temporary folder
 (needs the export extra, ~7 minutes on 2 cores). Random weights time and size exactly like the
@@ -130,6 +135,49 @@ def worker(models: str, config: str, steps: int, threads: int) -> dict:
             "providers": info.providers}
 
 
+def batch_folder(folder: Path, n: int, side: int) -> tuple:
+    """N photos (the centre squares of tests/data/photos, in turn) and their masks (one rectangle
+    each) at the native size, as PNG files: (photos dir, masks dir)."""
+    import numpy as np
+    from PIL import Image
+
+    photos, masks = folder / "photos", folder / "masks"
+    photos.mkdir(parents=True)
+    masks.mkdir()
+    sources = sorted((ROOT / "tests" / "data" / "photos").glob("*.jpg"))
+    mask = np.zeros((side, side), np.uint8)
+    mask[side * 3 // 8:side * 5 // 8, side // 4:side * 3 // 4] = 255
+    for i in range(n):
+        img = Image.open(sources[i % len(sources)]).convert("RGB")
+        s = min(img.size)
+        left, top = (img.width - s) // 2, (img.height - s) // 2
+        img.crop((left, top, left + s, top + s)).resize((side, side), Image.Resampling.LANCZOS).save(
+            photos / f"{i:03d}.png")
+        Image.fromarray(mask).save(masks / f"{i:03d}.png")
+    return photos, masks
+
+
+def batch_worker(models: str, config: str, steps: int, threads: int, n: int) -> dict:
+    """`moebius-edge run` over a folder of ``n`` photos in this process: images per minute, peak RSS."""
+    from moebius_edge import cli
+
+    precision, mode = parse_config(config)
+    side = open_models(models, precision).image_size
+    with tempfile.TemporaryDirectory() as tmp:
+        photos, masks = batch_folder(Path(tmp), n, side)
+        argv = ["run", str(photos), "--masks", str(masks), "-o", str(Path(tmp) / "out"), "--models", str(models),
+                "--precision", precision, "--steps", str(steps), "--threads", str(threads), "--provider", "cpu",
+                "--no-progress", "-q", *(["--low-memory"] if mode == "low-memory" else [])]
+        t = time.perf_counter()
+        rc = cli.main(argv)
+        wall = time.perf_counter() - t
+        written = len(list((Path(tmp) / "out").iterdir()))
+    if rc or written != n:
+        raise SystemExit(f"batch run of {config} failed (exit {rc}, {written} of {n} images written)")
+    return {"images": n, "wall_s": round(wall, 2), "images_per_min": round(60 * n / wall, 2),
+            "peak_rss_mb": round(_rss_mb(), 1)}
+
+
 def _export(out: Path) -> None:
     print(f"no models folder given: exporting the full-size random-init model to {out} (takes minutes) ...",
           flush=True)
@@ -144,11 +192,17 @@ def main(argv=None) -> int:
                     help="comma-separated: torch, or PRECISION[-low-memory|-keep]; ratios are against the first")
     ap.add_argument("--steps", type=int, default=20, help="DDIM steps (strength 0.99 runs one fewer)")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's choice)")
+    ap.add_argument("--batch", type=int, default=0, metavar="N",
+                    help="also time `moebius-edge run` over a folder of N photos per ONNX Runtime configuration")
     ap.add_argument("--json", default=str(ROOT / "benchmarks/results/pipeline.json"))
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--batch-worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.models, args.worker, args.steps, args.threads)))
+        return 0
+    if args.batch_worker:
+        print(json.dumps(batch_worker(args.models, args.batch_worker, args.steps, args.threads, args.batch)))
         return 0
 
     configs = [c for c in args.configs.split(",") if c]
@@ -171,6 +225,16 @@ def main(argv=None) -> int:
             if proc.returncode:
                 sys.exit(f"{c} failed:\n{proc.stderr}")
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        for c, row in zip(configs, rows):
+            if args.batch <= 0 or c == TORCH:
+                continue
+            print(f"running {c} over a folder of {args.batch} photos ...", flush=True)
+            proc = subprocess.run([sys.executable, __file__, "--batch-worker", c, "--models", str(models),
+                                   "--steps", str(args.steps), "--threads", str(args.threads),
+                                   "--batch", str(args.batch)], capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f"{c} batch failed:\n{proc.stderr}")
+            row["batch"] = json.loads(proc.stdout.strip().splitlines()[-1])
         manifest = open_models(models)
 
     first = rows[0]
@@ -187,8 +251,13 @@ def main(argv=None) -> int:
         print(f"{r['config']:<16} {r['open_models_s']:>7.2f} {s['encoder_load']:>8.2f} {s['encode']:>7.2f} "
               f"{s['unet_load']:>9.2f} {r['unet_step_s']:>8.2f} {s['decode']:>7.2f} {s['total']:>8.1f} "
               f"{r['speedup_vs_first']:>11.2f}x {r['peak_rss_mb']:>7.0f} MB")
+    for r in rows:
+        if "batch" in r:
+            b = r["batch"]
+            print(f"{r['config']:<16} folder of {b['images']}: {b['images_per_min']:.2f} images/min "
+                  f"({b['wall_s']:.1f} s with loading), peak RSS {b['peak_rss_mb']:.0f} MB")
     result = {"benchmark": "pipeline_512", "machine": machine, "models_provenance": manifest.provenance,
-              "threads": args.threads, "graph_bytes": {s.key: manifest.entry(s)[contract.GRAPH_BYTES]
+              "threads": args.threads, "steps": args.steps, "graph_bytes": {s.key: manifest.entry(s)[contract.GRAPH_BYTES]
                                                        for s in contract.GRAPHS}, "runs": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

@@ -5,7 +5,9 @@
 Each table sits between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in README.md or
 docs/mobile.md (``DOCUMENTS``) and is rebuilt by the renderer of that name below from
 ``benchmarks/results/NAME.json``. ``--check`` exits 1 when a document differs from what the JSON
-gives (a test runs it).
+gives (a test runs it). Without ``--check`` it also draws docs/figures/pipeline.png from
+``benchmarks/results/pipeline.json`` (matplotlib, the ``bench`` extra); ``--check`` leaves the
+figure alone (its bytes depend on matplotlib's version).
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import json
 import re
 import sys
 from pathlib import Path
+
+from moebius_edge import contract
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -165,6 +169,90 @@ def bundle_rewrites(r: dict) -> str:
     return "\n".join(lines)
 
 
+# Manifest and bundle.json keys the records below reuse.
+PRECISION, SIZE = contract.manifest_key(contract.META_PRECISION), contract.manifest_key(contract.META_IMAGE_SIZE)
+PROVENANCE, FILE, BYTES = contract.manifest_key(contract.META_PROVENANCE), contract.GRAPH_FILE, contract.GRAPH_BYTES
+
+
+def _short_machine(m: dict) -> str:
+    """CPU, cores and onnxruntime, from this ``machine_info.describe`` or an older record's keys."""
+    return (f"{m.get('processor', m.get('platform'))}, {m.get('cores', m.get('cpus'))} cores, "
+            f"onnxruntime {m['onnxruntime']}")
+
+
+def photo_size(r: dict) -> str:
+    lines = [f"`moebius-edge run` on one photo per row, {r['variant']}, {r['steps']} steps, in a process of its own "
+             f"(`benchmarks/photo_size.py`; models `{r['models_provenance']}`; {_machine_line(r['machine'])}). "
+             "Read is the file's decoding and the mask, write the JPEG's encoding and writing; the model sees the "
+             f"crop resized to {r['native_px']}², whatever the photo:", "",
+             "| photo | MP | file | hole | crop | read s | model s (encode + denoise + decode) | paste s | write s | "
+             "total s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for x in r["photo_size"] + r["hole_size"]:
+        s = x["seconds"]
+        lines.append(f"| {x['size'][0]}×{x['size'][1]} | {x['megapixels']:.1f} | {x['file_mb']:.1f} MB | "
+                     f"{x['hole_px']}² | {x['crop_px'][0]}×{x['crop_px'][1]} | {s['read']:.2f} | "
+                     f"{s['encode'] + s['denoise'] + s['decode']:.1f} | {s['paste']:.2f} | {s['write']:.2f} | "
+                     f"{s['total']:.1f} | {x['peak_rss_mb']:,.0f} |")
+    return "\n".join(lines)
+
+
+def export_full(r: dict) -> str:
+    where = f"; {_machine_line(r['machine'])}" if "machine" in r else ""
+    lines = [f"Export of the full-size model at {r['image_side']}×{r['image_side']} (`benchmarks/export_full.py`{where}):",
+             "", "| graph | MiB | ONNX Runtime vs PyTorch, relative L2 |", "|---|---|---|"]
+    for key, g in r[contract.MANIFEST_GRAPHS].items():
+        lines.append(f"| {g[FILE]} | {g[BYTES] / 2**20:.1f} | {r['parity_by_graph'][key]['rel_l2']:.2e} |")
+    lines += ["", f"The whole export (trace, simplify and parity gate of the three graphs) takes {r['wall_s']:.0f} s "
+              f"and peaks at {r['peak_rss_mb'] / 1000:.1f} GB RSS."]
+    return "\n".join(lines)
+
+
+EP_COLUMNS = (("nnapi", "NNAPI"), ("coreml_neuralnetwork", "CoreML NN"), ("coreml_mlprogram", "MLProgram"),
+              ("xnnpack", "XNNPACK"))
+
+
+def bundle(r: dict) -> str:
+    lines = [f"`benchmarks/bundle.py` ({_short_machine(r['machine'])}): the "
+             "`.ort` graphs of each bundle, the build's time and peak RSS, the UNet's parity against the models "
+             "folder, and the UNet's partitions per EP (" + " / ".join(label for _, label in EP_COLUMNS)
+             + "; static analysis, §6):", "",
+             "| bundle | weights | " + " | ".join(f"{g.key}.ort" for g in contract.GRAPHS) + " | build | build peak RSS | "
+             "UNet rel-L2 | UNet partitions | UNet nodes taken |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, b in r["bundles"].items():
+        unet = {e["ep"]: e for e in b["eps"] if e["graph_key"] == contract.UNET.key}
+        mib = " | ".join(f"{b[BYTES][g.key] / 2**20:.1f} MiB" for g in contract.GRAPHS)
+        lines.append(f"| {name} | {b[PROVENANCE]} | {mib} | {b['seconds']:.0f} s | "
+                     f"{max(b['peak_rss_mb'].values()) / 1000:.1f} GB | {b['parity_rel_l2'][contract.UNET.key]:.1e} | "
+                     + " / ".join(str(unet[e]["partitions"]) if e in unet else "–" for e, _ in EP_COLUMNS) + " | "
+                     + " / ".join(f"{100 * unet[e]['node_share']:.0f} %" if e in unet else "–" for e, _ in EP_COLUMNS)
+                     + " |")
+    return "\n".join(lines)
+
+
+def bundle_memory(r: dict) -> str:
+    lines = [f"Peak RSS of the reference loop per bundle ({r['note']}):", "",
+             "| bundle | native size | graphs | steps run | peak RSS, no arena (`phone`) | peak RSS, arena (`desktop`) | "
+             "of which Python and NumPy |", "|---|---|---|---|---|---|---|"]
+    for name, b in r["bundles"].items():
+        steps = b.get("steps", "all")
+        lines.append(f"| {name.rsplit('-', 1)[0]} | {b[SIZE]}² | {b['graph_mib']:.1f} MiB | {steps} | "
+                     f"{b['phone']['peak_rss_mb']:,} MB | {b['desktop']['peak_rss_mb']:,} MB | "
+                     f"{b['phone']['baseline_rss_mb']} MB |")
+    return "\n".join(lines)
+
+
+def bundle_parity(r: dict) -> str:
+    lines = [f"The reference loop over a bundle against `moebius-edge run` on the same models folder, photo and noise "
+             f"(`benchmarks/bundle_parity.py`; {_short_machine(r['machine'])}):",
+             "", "| bundle | native size | photo | steps | max difference | pixels equal | within 1 LSB | PSNR | "
+             "app loop | runtime |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, b in r["bundles"].items():
+        lines.append(f"| {b['target']}-{b[PRECISION]} | {b[SIZE]}² | {b['photo']} | {b['steps']} | "
+                     f"{b['max_abs_diff']} LSB | {100 * b['equal_share']:.2f} % | {100 * b['within_1_share']:.2f} % | "
+                     f"{b['psnr_db']:.1f} dB | {b['app_s']:.0f} s | {b['runtime_s']:.0f} s |")
+    return "\n".join(lines)
+
+
 def int8_profile(r: dict) -> str:
     g = r["profiles"]
     names = list(g)
@@ -218,14 +306,67 @@ def pipeline(r: dict) -> str:
                      f"{run['peak_rss_mb']:,.0f} | "
                      + " / ".join(f"{run['phase_peak_rss_mb'].get(p, 0):,.0f}" for p in ("encode", "denoise", "decode"))
                      + " |")
+    batches = [run for run in runs if "batch" in run]
+    if batches:
+        lines += ["", "`moebius-edge run` over a folder of native-size photos (one process per configuration, from "
+                  "the command's start to its end: session creation and image files included):", "",
+                  "| configuration | photos | images per minute | s per image | peak RSS MB |", "|---|---|---|---|---|"]
+        lines += [f"| {run['config']} | {run['batch']['images']} | {run['batch']['images_per_min']:.2f} | "
+                  f"{run['batch']['wall_s'] / run['batch']['images']:.1f} | {run['batch']['peak_rss_mb']:,.0f} |"
+                  for run in batches]
+    lines += ["", "![Seconds and peak RSS per phase and configuration](docs/figures/pipeline.png)"]
     return "\n".join(lines)
 
 
 RENDERERS = {"thin_strokes": thin_strokes, "quantize_fp16": quantize_fp16, "quantize_int8": quantize_int8,
              "scale": scale, "bundle_rewrites": bundle_rewrites, "int8_profile": int8_profile,
-             "graph_step": graph_step, "pipeline": pipeline}
+             "graph_step": graph_step, "pipeline": pipeline, "bundle": bundle, "bundle_memory": bundle_memory,
+             "bundle_parity": bundle_parity, "photo_size": photo_size,
+             "export_full": export_full}
 # The files that hold measured tables.
 DOCUMENTS = (README, ROOT / "docs" / "mobile.md")
+FIGURE = ROOT / "docs" / "figures" / "pipeline.png"
+PHASES = ("encode", "denoise", "decode")
+
+
+def pipeline_figure(r: dict, path: Path = FIGURE) -> None:
+    """Seconds per phase and peak RSS per phase of each configuration of benchmarks/pipeline.py,
+    side by side (matplotlib, the ``bench`` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = r["runs"]
+    names = [run["config"] for run in runs]
+    y = range(len(runs))
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 0.6 * len(runs) + 1.6), sharey=True)
+    left = [0.0] * len(runs)
+    parts = [("load", [run["load_s"] for run in runs])]
+    parts += [(p, [run["seconds"][p] for run in runs]) for p in PHASES]
+    parts.append(("prepare + paste", [run["seconds"].get("prepare", 0) + run["seconds"].get("paste", 0)
+                                      for run in runs]))
+    for label, values in parts:
+        ax_t.barh(y, values, left=left, label=label)
+        left = [a + b for a, b in zip(left, values)]
+    ax_t.set_yticks(list(y), names)
+    ax_t.invert_yaxis()
+    side = runs[0]["image_px"]
+    ax_t.set_xlabel(f"seconds (one {side[0]}×{side[1]} inpainting)")
+    ax_t.legend(fontsize=8, loc="lower right")
+    width = 0.8 / len(PHASES)
+    for i, p in enumerate(PHASES):
+        ax_m.barh([k + (i - 1) * width for k in y], [run["phase_peak_rss_mb"].get(p, 0) for run in runs],
+                  height=width, label=p)
+    ax_m.set_xlabel("peak RSS in the phase (MB)")
+    ax_m.legend(fontsize=8, loc="lower right")
+    m = r["machine"]
+    fig.suptitle(f"benchmarks/pipeline.py: {m['processor']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}",
+                 fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
 
 
 def render(text: str) -> str:
@@ -259,6 +400,14 @@ def main(argv=None) -> int:
             return 1
         return 0
     print(f"tables rewritten in {', '.join(map(str, stale))}" if stale else "tables already up to date")
+    source = RESULTS / "pipeline.json"
+    if source.is_file():
+        try:
+            pipeline_figure(json.loads(source.read_text()))
+        except ImportError:
+            print("no figure: matplotlib is missing (pip install -e '.[bench]')", file=sys.stderr)
+            return 2
+        print(f"figure written: {FIGURE.relative_to(ROOT)}")
     return 0
 
 

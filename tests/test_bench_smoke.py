@@ -1,6 +1,8 @@
 """The performance benchmarks in smoke mode on a tiny random-init export: the end-to-end run
-(benchmarks/pipeline.py) with its PyTorch baseline (benchmarks/torch_pipeline.py), and one call of
-each network (benchmarks/graph_step.py). What they run and record, not how fast: no timing asserts."""
+(benchmarks/pipeline.py) with its PyTorch baseline (benchmarks/torch_pipeline.py) and its figure,
+one call of each network (benchmarks/graph_step.py), photo and hole sizes (benchmarks/photo_size.py)
+and the app loop against the runtime (benchmarks/bundle_parity.py). What they run and record, not
+how fast: no timing asserts."""
 import json
 import subprocess
 import sys
@@ -47,7 +49,7 @@ def test_torch_baseline_runs_the_same_pipeline_as_the_graphs(random_tiny):
 def test_pipeline_benchmark_smoke(random_tiny, tmp_path):
     out = tmp_path / "pipeline.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--models", str(random_tiny),
-                           "--configs", "torch,fp32-keep", "--steps", "2", "--json", str(out)],
+                           "--configs", "torch,fp32-keep", "--steps", "2", "--batch", "2", "--json", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
@@ -60,6 +62,54 @@ def test_pipeline_benchmark_smoke(random_tiny, tmp_path):
         # VmHWM and getrusage round apart by a fraction of a MB.
         assert 0 < max(run["phase_peak_rss_mb"].values()) <= run["peak_rss_mb"] + 1
     assert "torch" in proc.stdout and "fp32-keep" in proc.stdout
+    # --batch: `moebius-edge run` over a folder, per ONNX Runtime configuration (PyTorch has no CLI)
+    assert "batch" not in r["runs"][0]
+    batch = r["runs"][1]["batch"]
+    assert batch["images"] == 2 and batch["images_per_min"] > 0 and batch["peak_rss_mb"] > 0
+
+    sys.path.insert(0, str(ROOT))
+    from PIL import Image
+
+    from benchmarks.report import pipeline, pipeline_figure
+
+    figure = tmp_path / "pipeline.png"
+    pipeline_figure(r, figure)
+    assert Image.open(figure).size[0] > 500
+    assert "| fp32-keep | 2 |" in pipeline(r)
+
+
+def test_photo_size_benchmark_follows_the_crop(random_tiny, tmp_path):
+    out = tmp_path / "photo_size.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "photo_size.py"), "--models", str(random_tiny),
+                           "--precision", "fp32", "--megapixels", "0.1", "0.5", "--hole-px", "64", "--holes", "64", "256",
+                           "--hole-photo-mp", "0.5", "--steps", "2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())
+    sizes = [x["size"] for x in r["photo_size"]]
+    assert [round(w * h / 1e5) for w, h in sizes] == [1, 5] and all(abs(w * 3 - h * 4) <= 4 for w, h in sizes)
+    # the same hole, the same crop, whatever the photo; the 64 px hole of the 0.5 MP photo is not run twice
+    assert r["photo_size"][0]["crop_px"] == r["photo_size"][1]["crop_px"]
+    assert [x["hole_px"] for x in r["hole_size"]] == [256]
+    assert r["hole_size"][0]["crop_px"][0] > r["photo_size"][1]["crop_px"][0]
+    for x in r["photo_size"] + r["hole_size"]:
+        assert x["seconds"]["read"] > 0 and x["seconds"]["write"] > 0 and x["seconds"]["denoise"] > 0
+        assert x["peak_rss_mb"] > 0 and x["file_mb"] > 0
+
+
+def test_bundle_parity_benchmark_compares_the_app_loop_with_the_runtime(random_tiny, tmp_path, capsys):
+    from moebius_edge import cli
+
+    bundle = tmp_path / "ios"
+    assert cli.main(["bundle", "--models", str(random_tiny), "--target", "ios", "--precision", "fp32",
+                     "-o", str(bundle), "-q"]) == 0
+    out = tmp_path / "bundle_parity.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bundle_parity.py"), "--models", str(random_tiny),
+                           str(bundle), "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(out.read_text())["bundles"]["ios-fp32-128"]
+    assert rec["steps"] == 19 and rec["changed_px"] > 0
+    assert rec["max_abs_diff"] <= 1 and rec["within_1_share"] == 1.0 and rec["equal_share"] > 0.99
 
 
 def test_pipeline_benchmark_rejects_unknown_configs(random_tiny):

@@ -58,7 +58,7 @@ def test_torch_index_defaults_to_the_cpu_index_and_empty_skips_it():
     assert step[step.index("--extra-index-url") + 1] == TORCH_CPU_INDEX
     assert step[-1] == _torch_pin()  # the pin itself, so that the CPU build is the one that satisfies it
     assert float(step[step.index("--timeout") + 1]) <= 20  # an unreachable index must not stall setup
-    editable = [c for c in installs if c[-2:] == ["-e", ".[export,quantize,mobile,dev,ray]"]]
+    editable = [c for c in installs if c[-2:] == ["-e", ".[export,quantize,mobile,dev,ray,bench]"]]
     assert len(editable) == 1, installs
     # torch first: the editable install then finds the pin satisfied (2.13.0+cpu matches ==2.13.0)
     assert installs.index(step) < installs.index(editable[0])
