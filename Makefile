@@ -57,13 +57,17 @@ quantize:
 BENCH_MODELS ?= out/bench-models
 # Configurations of benchmarks/pipeline.py (one process each); ratios are against the first.
 BENCH_CONFIGS ?= torch,fp32,int8
+# Photos per folder run (images per minute, sessions kept) of each ONNX Runtime configuration.
+BENCH_BATCH ?= 2
 
 # The CPU benchmarks on an existing full-size random-init folder with its variants (bench-models
-# makes one): each network alone, PyTorch eager against ONNX Runtime side by side, then the whole
-# inpainting per configuration. Meant for a quiet machine: every JSON records its load.
+# makes one): each network alone, PyTorch eager against ONNX Runtime side by side; the whole
+# inpainting per configuration, and a folder of photos; then int8 on 1-24 MP photos and a larger
+# hole; then the README's tables and figure. Meant for a quiet machine: every JSON records its load.
 bench:
 	$(PY) benchmarks/graph_step.py --models $(BENCH_MODELS) --rounds 3
-	$(PY) benchmarks/pipeline.py --models $(BENCH_MODELS) --configs $(BENCH_CONFIGS)
+	$(PY) benchmarks/pipeline.py --models $(BENCH_MODELS) --configs $(BENCH_CONFIGS) --batch $(BENCH_BATCH)
+	$(PY) benchmarks/photo_size.py --models $(BENCH_MODELS) --precision int8 --holes 1024
 	$(PY) benchmarks/report.py
 
 # Full-size (512x512) random-init export and its gated variants: ~7 min, then ~1 h on 2 cores.
