@@ -207,6 +207,18 @@ def export_full(r: dict) -> str:
     return "\n".join(lines)
 
 
+def encode_batch(r: dict) -> str:
+    rows = r["rows"]
+    lines = [f"The two VAE encodes of a {r['image_side']}² inpainting (photo and hole-masked photo) as two calls or "
+             f"as one batch-2 call, interleaved in one process (`benchmarks/encode_batch.py`, {r['rounds']} rounds; "
+             f"{_machine_line(r['machine'])}):", "", "| encodes | median s | peak RSS of the first round MB |",
+             "|---|---|---|"]
+    lines += [f"| {name} | {x['median_s']:.2f} | {x['first_round_peak_rss_mb']:,.0f} |" for name, x in rows.items()]
+    lines += ["", f"Two calls over one batch-2 call, per-round median: {r['speedup_of_batch']:.2f}x; the largest "
+              f"difference between their latents: {r['max_abs_diff']:.0e}."]
+    return "\n".join(lines)
+
+
 EP_COLUMNS = (("nnapi", "NNAPI"), ("coreml_neuralnetwork", "CoreML NN"), ("coreml_mlprogram", "MLProgram"),
               ("xnnpack", "XNNPACK"))
 
@@ -322,7 +334,7 @@ RENDERERS = {"thin_strokes": thin_strokes, "quantize_fp16": quantize_fp16, "quan
              "scale": scale, "bundle_rewrites": bundle_rewrites, "int8_profile": int8_profile,
              "graph_step": graph_step, "pipeline": pipeline, "bundle": bundle, "bundle_memory": bundle_memory,
              "bundle_parity": bundle_parity, "photo_size": photo_size,
-             "export_full": export_full}
+             "export_full": export_full, "encode_batch": encode_batch}
 # The files that hold measured tables.
 DOCUMENTS = (README, ROOT / "docs" / "mobile.md")
 FIGURE = ROOT / "docs" / "figures" / "pipeline.png"

@@ -256,6 +256,8 @@ class Inpainter:
         enc = self.graphs[contract.VAE_ENCODER.key]
         t = time.perf_counter()
         load0 = enc.load_seconds
+        # Two calls, not one at batch 2: on the CPU the batched call is no faster and its peak is
+        # larger (benchmarks/encode_batch.py).
         for job in jobs:
             x = to_model_input(job.image)
             masked = x * (np.float32(1.0) - masks.pixel_mask(job.hole))

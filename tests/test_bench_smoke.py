@@ -97,6 +97,17 @@ def test_photo_size_benchmark_follows_the_crop(random_tiny, tmp_path):
         assert x["peak_rss_mb"] > 0 and x["file_mb"] > 0
 
 
+def test_encode_batch_benchmark_times_both_ways_with_the_same_latents(random_tiny, tmp_path):
+    out = tmp_path / "encode_batch.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "encode_batch.py"), "--models", str(random_tiny),
+                           "--rounds", "2", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())
+    assert set(r["rows"]) == {"two calls", "one batch-2 call"} and r["max_abs_diff"] == 0.0
+    assert all(len(x["times_s"]) == 2 and x["first_round_peak_rss_mb"] > 0 for x in r["rows"].values())
+    assert r["speedup_of_batch"] > 0
+
+
 def test_bundle_parity_benchmark_compares_the_app_loop_with_the_runtime(random_tiny, tmp_path, capsys):
     from moebius_edge import cli
 
