@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine_info import describe  # noqa: E402
+from benchmarks.machine_info import save_record  # noqa: E402
 from moebius_edge import contract  # noqa: E402
 from moebius_edge.mobile.bundle import REPORT_JSON, build_bundle  # noqa: E402
 
@@ -73,12 +73,7 @@ def main(argv=None) -> int:
                      args.threads, args.rewrites)
         record["peak_rss_mb"] = {"self": round(_peak_mb(resource.RUSAGE_SELF)),
                                  "children": round(_peak_mb(resource.RUSAGE_CHILDREN))}
-        # Read just before writing: bundles built by two processes at once both land in the file.
-        results = json.loads(args.json.read_text()) if args.json.is_file() else {"bundles": {}}
-        results["bundles"][f"{target}-{precision}"] = record
-        results["machine"] = describe()
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        save_record(args.json, f"{target}-{precision}", record)
         print(f"{target}-{precision}: {record['total_mib']} MiB in {record['seconds']} s; "
               + "; ".join(f"{r['graph_key']}/{r['ep']} {r['partitions']} partitions {100 * r['node_share']:.1f} % nodes"
                           for r in record["eps"] if r["graph_key"] == contract.UNET.key))

@@ -18,7 +18,6 @@ steps: its figure is the PSNR, not 1 LSB.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import mobile_reference as app  # noqa: E402
 
-from benchmarks.machine_info import describe  # noqa: E402
+from benchmarks.machine_info import save_record  # noqa: E402
 from moebius_edge import contract  # noqa: E402
 from moebius_edge.pipeline import Inpainter  # noqa: E402
 
@@ -80,11 +79,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     for bundle_dir in args.bundles:
         record = compare(args.models, bundle_dir)
-        results = json.loads(args.json.read_text()) if args.json.is_file() else {"bundles": {}}
-        results["bundles"][f"{record['target']}-{record[PRECISION]}-{record[SIZE]}"] = record
-        results["machine"] = describe()
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        save_record(args.json, f"{record['target']}-{record[PRECISION]}-{record[SIZE]}", record)
         print(f"{bundle_dir.name}: max |Δ| {record['max_abs_diff']}, {100 * record['equal_share']:.2f} % equal, "
               f"{100 * record['within_1_share']:.2f} % within 1 LSB, PSNR {record['psnr_db']:.1f} dB "
               f"(app {record['app_s']} s, runtime {record['runtime_s']} s)")

@@ -21,3 +21,16 @@ def describe() -> dict:
     return {"processor": model, "cores": os.cpu_count(), "load_average": list(os.getloadavg()),
             "python": platform.python_version(), "onnxruntime": ort.__version__,
             "avx2": "avx2" in flags, "avx512f": "avx512f" in flags, "avx512_vnni": "avx512_vnni" in flags}
+
+
+def save_record(path: Path, name: str, record: dict, group: str = "bundles") -> None:
+    """Put ``record`` at ``group.name`` of the JSON file ``path`` (kept: the file's other records)
+    and stamp the machine. The file is read just before it is written, so two processes adding
+    records at once both land in it."""
+    import json
+
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results.setdefault(group, {})[name] = record
+    results["machine"] = describe()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")

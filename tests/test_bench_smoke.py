@@ -16,6 +16,12 @@ pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 
+def _bench(script: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    """benchmarks/SCRIPT with ARGS in a child process, as a user runs it."""
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def random_tiny(tmp_path_factory):
     from moebius_edge.export.job import run_export
@@ -48,9 +54,8 @@ def test_torch_baseline_runs_the_same_pipeline_as_the_graphs(random_tiny):
 
 def test_pipeline_benchmark_smoke(random_tiny, tmp_path):
     out = tmp_path / "pipeline.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--models", str(random_tiny),
-                           "--configs", "torch,fp32-keep", "--steps", "2", "--batch", "2", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = _bench("pipeline.py", "--models", random_tiny, "--configs", "torch,fp32-keep", "--steps", 2, "--batch", 2,
+                  "--json", out)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
     assert [run["config"] for run in r["runs"]] == ["torch", "fp32-keep"]
@@ -80,10 +85,8 @@ def test_pipeline_benchmark_smoke(random_tiny, tmp_path):
 
 def test_photo_size_benchmark_follows_the_crop(random_tiny, tmp_path):
     out = tmp_path / "photo_size.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "photo_size.py"), "--models", str(random_tiny),
-                           "--precision", "fp32", "--megapixels", "0.1", "0.5", "--hole-px", "64", "--holes", "64", "256",
-                           "--hole-photo-mp", "0.5", "--steps", "2", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = _bench("photo_size.py", "--models", random_tiny, "--precision", "fp32", "--megapixels", 0.1, 0.5,
+                  "--hole-px", 64, "--holes", 64, 256, "--hole-photo-mp", 0.5, "--steps", 2, "--json", out)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
     sizes = [x["size"] for x in r["photo_size"]]
@@ -99,8 +102,7 @@ def test_photo_size_benchmark_follows_the_crop(random_tiny, tmp_path):
 
 def test_encode_batch_benchmark_times_both_ways_with_the_same_latents(random_tiny, tmp_path):
     out = tmp_path / "encode_batch.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "encode_batch.py"), "--models", str(random_tiny),
-                           "--rounds", "2", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    proc = _bench("encode_batch.py", "--models", random_tiny, "--rounds", "2", "--json", out)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
     assert set(r["rows"]) == {"two calls", "one batch-2 call"} and r["max_abs_diff"] == 0.0
@@ -115,8 +117,7 @@ def test_bundle_parity_benchmark_compares_the_app_loop_with_the_runtime(random_t
     assert cli.main(["bundle", "--models", str(random_tiny), "--target", "ios", "--precision", "fp32",
                      "-o", str(bundle), "-q"]) == 0
     out = tmp_path / "bundle_parity.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bundle_parity.py"), "--models", str(random_tiny),
-                           str(bundle), "--json", str(out)], capture_output=True, text=True, timeout=300)
+    proc = _bench("bundle_parity.py", "--models", random_tiny, bundle, "--json", out)
     assert proc.returncode == 0, proc.stderr
     rec = json.loads(out.read_text())["bundles"]["ios-fp32-128"]
     assert rec["steps"] == 19 and rec["changed_px"] > 0
@@ -124,15 +125,13 @@ def test_bundle_parity_benchmark_compares_the_app_loop_with_the_runtime(random_t
 
 
 def test_pipeline_benchmark_rejects_unknown_configs(random_tiny):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--models", str(random_tiny),
-                           "--configs", "fp32,int4"], capture_output=True, text=True, timeout=60)
+    proc = _bench("pipeline.py", "--models", random_tiny, "--configs", "fp32,int4", timeout=60)
     assert proc.returncode == 2 and "unknown configuration 'int4'" in proc.stderr
 
 
 def test_graph_step_benchmark_smoke(random_tiny, tmp_path):
     out = tmp_path / "graph_step.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "graph_step.py"), "--models", str(random_tiny),
-                           "--rounds", "3", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    proc = _bench("graph_step.py", "--models", random_tiny, "--rounds", "3", "--json", out)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
     assert [g["network"] for g in r["networks"]] == ["unet", "vae_encoder", "vae_decoder"]
@@ -171,9 +170,8 @@ def test_gpu_benchmark_step_is_the_official_forward_and_runs_on_cpu(random_tiny,
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
 
     out = tmp_path / "gpu.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--models", str(random_tiny),
-                           "--device", "cpu", "--dtypes", "fp32", "--no-compile", "--reps", "2", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = _bench("gpu.py", "--models", random_tiny, "--device", "cpu", "--dtypes", "fp32", "--no-compile",
+                  "--reps", 2, "--json", out)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
     assert list(r["rows"]) == ["PyTorch eager fp32"] and r["rows"]["PyTorch eager fp32"]["reps"] == 2
