@@ -269,8 +269,9 @@ def int8_profile(r: dict) -> str:
     g = r["profiles"]
     names = list(g)
     kinds = list(g["fp32"]["conv_ms_per_step_by_kind"])
+    note = f"; {r['note']}" if r.get("note") else ""
     lines = ["Where a full-size CFG step's CPU time goes (`benchmarks/int8_profile.py`, onnxruntime's profiler, "
-             "ms per step; " + r.get("note", "") + "):", "",
+             f"ms per step; {_machine_line(r['machine'])}{note}):", "",
              "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     lines.append("| all kernels | " + " | ".join(f"{g[n]['kernel_ms_per_step']:.0f}" for n in names) + " |")
     for k in kinds:
