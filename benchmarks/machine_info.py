@@ -25,12 +25,13 @@ def describe() -> dict:
 
 def save_record(path: Path, name: str, record: dict, group: str = "bundles") -> None:
     """Put ``record`` at ``group.name`` of the JSON file ``path`` (kept: the file's other records)
-    and stamp the machine. The file is read just before it is written, so two processes adding
+    and stamp the machine, on the record and on the file. The file is read just before it is written, so two processes adding
     records at once both land in it."""
     import json
 
     results = json.loads(path.read_text()) if path.is_file() else {}
-    results.setdefault(group, {})[name] = record
-    results["machine"] = describe()
+    machine = describe()
+    results.setdefault(group, {})[name] = {**record, "machine": machine}
+    results["machine"] = machine
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1) + "\n")

@@ -224,16 +224,18 @@ EP_COLUMNS = (("nnapi", "NNAPI"), ("coreml_neuralnetwork", "CoreML NN"), ("corem
 
 
 def bundle(r: dict) -> str:
-    lines = [f"`benchmarks/bundle.py` ({_short_machine(r['machine'])}): the "
-             "`.ort` graphs of each bundle, the build's time and peak RSS, the UNet's parity against the models "
+    lines = ["`benchmarks/bundle.py`: the `.ort` graphs of each bundle, the build's time and peak RSS on the CPU it "
+             "names (onnxruntime 1.32; older records did not name theirs), the UNet's parity against the models "
              "folder, and the UNet's partitions per EP (" + " / ".join(label for _, label in EP_COLUMNS)
              + "; static analysis, §6):", "",
-             "| bundle | weights | " + " | ".join(f"{g.key}.ort" for g in contract.GRAPHS) + " | build | build peak RSS | "
-             "UNet rel-L2 | UNet partitions | UNet nodes taken |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| bundle | weights | " + " | ".join(f"{g.key}.ort" for g in contract.GRAPHS) + " | build | build CPU | "
+             "build peak RSS | UNet rel-L2 | UNet partitions | UNet nodes taken |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, b in r["bundles"].items():
         unet = {e["ep"]: e for e in b["eps"] if e["graph_key"] == contract.UNET.key}
         mib = " | ".join(f"{b[BYTES][g.key] / 2**20:.1f} MiB" for g in contract.GRAPHS)
-        lines.append(f"| {name} | {b[PROVENANCE]} | {mib} | {b['seconds']:.0f} s | "
+        cpu = b["machine"]["processor"] if "machine" in b else "not recorded"
+        lines.append(f"| {name} | {b[PROVENANCE]} | {mib} | {b['seconds']:.0f} s | {cpu} | "
                      f"{max(b['peak_rss_mb'].values()) / 1000:.1f} GB | {b['parity_rel_l2'][contract.UNET.key]:.1e} | "
                      + " / ".join(str(unet[e]["partitions"]) if e in unet else "–" for e, _ in EP_COLUMNS) + " | "
                      + " / ".join(f"{100 * unet[e]['node_share']:.0f} %" if e in unet else "–" for e, _ in EP_COLUMNS)
