@@ -121,9 +121,11 @@ def quantize_int8(r: dict) -> str:
     if sh:
         lines += ["", f"The shipped recipe on the full-size random-init folder (`{sh['command']}`): UNet "
                   f"{100 * sh['unet_ratio']:.1f} % of FP32, CPU step {sh['latency']['fp32_median_s']:.2f} s → "
-                  f"{sh['latency']['variant_median_s']:.2f} s ({1 / sh['latency']['ratio']:.2f}x), quantize "
+                  f"{sh['latency']['variant_median_s']:.2f} s ({1 / sh['latency']['ratio']:.2f}x in the quantize run's own "
+                  f"{sh['latency']['reps']} interleaved reps, on whatever else the machine ran: the trade-off table's "
+                  "pass is the speed figure), quantize "
                   f"{sh['seconds']['total'] / 60:.0f} min at {sh['peak_rss_mb'] / 1024:.1f} GB peak RSS"
-                  + (f" (a `--precision {', '.join(sh['precisions_in_run'])}` run; its FP32 runs peaked at "
+                  + (f" (a `--precision {' + '.join(sh['precisions_in_run'])}` run; its FP32 runs peaked at "
                      f"{sh['fp32_runs_peak_rss_mb'] / 1024:.1f} GB and the INT8 build and evaluation at "
                      f"{sh['variant_peak_rss_mb'] / 1024:.1f} GB)" if sh.get("variant_peak_rss_mb") else "")
                   + f"; gate {sh['gate']} (random weights)."]
