@@ -130,7 +130,9 @@ def worker(models: str, config: str, steps: int, threads: int) -> dict:
             # the configurations are compared on; loading is reported apart.
             "compute_s": round(info.seconds["total"] - sum(info.seconds[k] for k in LOAD_PHASES), 3),
             "load_s": round(open_s + sum(info.seconds[k] for k in LOAD_PHASES), 3),
-            "peak_rss_mb": round(_rss_mb(), 1), "rss_before_mb": round(base_mb, 1),
+            # Resetting VmHWM per phase (clear_refs) resets getrusage's peak too: the run's peak is
+            # the largest of the phases' and what getrusage saw since the last reset.
+            "peak_rss_mb": round(max(_rss_mb(), *phase_peaks.values()), 1), "rss_before_mb": round(base_mb, 1),
             "phase_peak_rss_mb": phase_peaks,
             "providers": info.providers}
 
