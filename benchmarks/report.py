@@ -176,12 +176,6 @@ PRECISION, SIZE = contract.manifest_key(contract.META_PRECISION), contract.manif
 PROVENANCE, FILE, BYTES = contract.manifest_key(contract.META_PROVENANCE), contract.GRAPH_FILE, contract.GRAPH_BYTES
 
 
-def _short_machine(m: dict) -> str:
-    """CPU, cores and onnxruntime, from this ``machine_info.describe`` or an older record's keys."""
-    return (f"{m.get('processor', m.get('platform'))}, {m.get('cores', m.get('cpus'))} cores, "
-            f"onnxruntime {m['onnxruntime']}")
-
-
 def photo_size(r: dict) -> str:
     lines = [f"`moebius-edge run` on one photo per row, {r['variant']}, {r['steps']} steps, in a process of its own "
              f"(`benchmarks/photo_size.py`; models `{r['models_provenance']}`; {_machine_line(r['machine'])}). "
@@ -259,7 +253,7 @@ def bundle_memory(r: dict) -> str:
 
 def bundle_parity(r: dict) -> str:
     lines = [f"The reference loop over a bundle against `moebius-edge run` on the same models folder, photo and noise "
-             f"(`benchmarks/bundle_parity.py`; {_short_machine(r['machine'])}):",
+             f"(`benchmarks/bundle_parity.py`; {_machine_line(r['machine'])}):",
              "", "| bundle | native size | photo | steps | max difference | pixels equal | within 1 LSB | PSNR | "
              "app loop | runtime |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, b in r["bundles"].items():
