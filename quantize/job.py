@@ -8,7 +8,8 @@ For each precision asked for (``PRECISIONS``):
 2. in a private staging folder inside the models folder, build the variant's graphs from the
    calibration data: FP16 (``fp16.make_fp16``; a VAE graph is converted only if its own check
    passes on these weights, otherwise the variant references the FP32 file and the report says
-   why) or INT8 (``int8.make_int8``: the UNet only, the VAE graphs referenced);
+   why) or INT8 (``int8.make_int8`` for the UNet; ``int8.make_int8_vae`` for each VAE graph, kept
+   only if the same check passes);
 3. judge the staged variant against FP32 on the held-out pairs (``evaluate``, ``gate``);
 4. pass: write ``recipe.json``, ``report.json``, ``report.md`` and the manifest (with the gate's
    verdict), then swap the folder into ``<models>/<precision>/`` by renames. Fail: delete the
@@ -128,6 +129,24 @@ def _vae_check(key: str, candidate, fp32: models.ModelsFolder, feeds: list, thre
     return {"psnr_min_db": min(values) if finite else float("nan"), "finite": finite, "inputs": len(values)}
 
 
+def _vae_passes(precision: str, key: str, proto, d: dict, fp32: models.ModelsFolder, feeds: list,
+                rcp: recipes.Recipe, threads: int) -> bool:
+    """Run the VAE check of a candidate graph into ``d`` ("check", and "converted": False with the
+    reason when it fails; "why" either way); True if the candidate is kept."""
+    check = _vae_check(key, proto, fp32, feeds, threads)
+    floor = rcp.vae_min_psnr_db
+    d["check"] = {**check, "min_psnr_db": floor}
+    name = precision.upper()
+    if check["finite"] and check["psnr_min_db"] >= floor:
+        d["why"] = f"{name} check passed ({check['psnr_min_db']:.1f} dB ≥ {floor:g} dB)"
+        return True
+    why = "non-finite output" if not check["finite"] else f"PSNR {check['psnr_min_db']:.1f} dB < {floor:g} dB"
+    d.update(converted=False, why=f"{name} check failed on these weights ({why} against FP32 on "
+                                  f"{check['inputs']} calibration inputs); kept FP32")
+    log.warning("%s: %s", key, d["why"])
+    return False
+
+
 def build_fp16(fp32: models.ModelsFolder, staging: Path, data: Data, rcp: recipes.Recipe, threads: int) -> dict:
     """Write the FP16 graphs into ``staging``; returns {"paths": {key: path}, "conversion": {key: details}}."""
     cal = data.calibration
@@ -152,23 +171,13 @@ def build_fp16(fp32: models.ModelsFolder, staging: Path, data: Data, rcp: recipe
              "calibration_inputs": {"range": len(_spread(feeds, rcp.range_inputs)) if rcp.measure else 0,
                                     "error": len(error_feeds) if rcp.measure else 0},
              "seconds": None}
-        if is_vae:
-            check = _vae_check(key, res.proto, fp32, feeds, threads)
-            d["check"] = {**check, "min_psnr_db": rcp.vae_min_psnr_db}
-            if not (check["finite"] and check["psnr_min_db"] >= rcp.vae_min_psnr_db):
-                why = ("non-finite output" if not check["finite"] else
-                       f"PSNR {check['psnr_min_db']:.1f} dB < {rcp.vae_min_psnr_db:g} dB")
-                d.update(converted=False, why=f"FP16 check failed on these weights ({why} against FP32 on "
-                                              f"{check['inputs']} calibration inputs); kept FP32")
-                log.warning("%s: %s", key, d["why"])
-                details[key] = d
-                continue
+        if is_vae and not _vae_passes("fp16", key, res.proto, d, fp32, feeds, rcp, threads):
+            details[key] = d
+            continue
         out = staging / spec.file
         G.save(res.proto, out, {contract.META_PRECISION: "fp16"})
         paths[key] = out
         d.update(converted=True, seconds=round(time.perf_counter() - t, 2))
-        if is_vae:
-            d["why"] = f"FP16 check passed ({d['check']['psnr_min_db']:.1f} dB ≥ {rcp.vae_min_psnr_db:g} dB)"
         details[key] = d
         log.info("%s: fp16 written (%d nodes kept in FP32)", key, len(res.keep.entries))
     return {"paths": paths, "conversion": details}
@@ -178,12 +187,9 @@ def build_fp16(fp32: models.ModelsFolder, staging: Path, data: Data, rcp: recipe
 # INT8
 
 
-VAE_NOT_INT8 = ("INT8 quantizes the UNet only (the VAE runs once per image and is the next performance "
-                "issue's); the variant references the FP32 graph")
-
-
 def build_int8(fp32: models.ModelsFolder, staging: Path, data: Data, rcp: recipes.Recipe, threads: int) -> dict:
-    """Write the INT8 UNet into ``staging``; the VAE graphs stay the FP32 files (referenced)."""
+    """Write the INT8 UNet into ``staging``, and each VAE graph whose INT8 version passes its check
+    (the others stay the FP32 files, referenced)."""
     t = time.perf_counter()
     feeds = _spread(data.calibration.feeds[contract.UNET.key], rcp.calibration_inputs)
     res = int8.make_int8(fp32.graph_path(contract.UNET), feeds, exclude=list(rcp.exclude),
@@ -196,10 +202,31 @@ def build_int8(fp32: models.ModelsFolder, staging: Path, data: Data, rcp: recipe
          "calibration_method": rcp.calibration_method, "seconds": round(time.perf_counter() - t, 2)}
     log.info("%s: int8 written (%d of %d quantizable nodes kept FP32)", contract.UNET.key, len(res.excluded),
              sum(res.counts.values()))
-    details = {contract.UNET.key: d}
+    del res
+    G.release_memory()
+    paths, details = {contract.UNET.key: out}, {contract.UNET.key: d}
     for spec in (contract.VAE_ENCODER, contract.VAE_DECODER):
-        details[spec.key] = {"converted": False, "why": VAE_NOT_INT8}
-    return {"paths": {contract.UNET.key: out}, "conversion": details,
+        if rcp.vae == "fp32":
+            details[spec.key] = {"converted": False, "why": "the recipe keeps the VAE in FP32 (vae: fp32)"}
+            continue
+        t = time.perf_counter()
+        feeds = data.calibration.feeds[spec.key]
+        proto = int8.make_int8_vae(fp32.graph_path(spec), feeds, activation_type=rcp.activation_type,
+                                   threads=threads, work=staging)
+        d = {"quantized_ops": list(int8.VAE_QUANTIZED_OPS), "calibration_inputs": len(feeds),
+             "activation_type": rcp.activation_type, "weight_type": "int8 per-channel symmetric",
+             "calibration_method": "minmax",
+             "qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)}
+        if _vae_passes("int8", spec.key, proto, d, fp32, feeds, rcp, threads):
+            out = staging / spec.file
+            G.save(proto, out, {contract.META_PRECISION: "int8"})
+            paths[spec.key] = out
+            d.update(converted=True, seconds=round(time.perf_counter() - t, 2))
+            log.info("%s: int8 written (%s)", spec.key, d["why"])
+        details[spec.key] = d
+        del proto
+        G.release_memory()
+    return {"paths": paths, "conversion": details,
             "manifest": {contract.MANIFEST_MIN_ONNXRUNTIME: int8.MIN_ONNXRUNTIME}}
 
 

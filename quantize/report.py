@@ -77,6 +77,10 @@ def markdown(r: dict) -> str:
                     e = json.loads(e)
                     what = f"group `{e['group']}`" if "group" in e else f"nodes matching `{e['node']}`"
                     out.append(f"- {what} ({len(names)} nodes): {e.get('reason', '')}")
+        if "quantized_ops" in d:  # an int8 VAE graph
+            out.append(f"Static QDQ of its {', '.join(d['quantized_ops'])} nodes: activations {d['activation_type']}, "
+                       f"weights {d['weight_type']}, calibration {d['calibration_method']} on "
+                       f"{d['calibration_inputs']} inputs; {d['qdq_nodes']} Q/DQ nodes.")
         if "activation_abs_max" in d:
             out.append(f"Largest |activation| on calibration inputs: {_f(d['activation_abs_max'], 1)}; "
                        f"tensors beyond the safe range: {len(d['range_flagged_tensors'])}.")
@@ -92,7 +96,7 @@ def markdown(r: dict) -> str:
                 m = {k2: v for k2, v in e.items() if k2 not in ("op", "reason")}
                 out.append(f"| `{name}` | {e['op']} | {e['reason']} | "
                            f"{', '.join(f'{k2} {_f(v, 4) if isinstance(v, float) else v}' for k2, v in m.items())} |")
-        elif d.get("converted") and "groups" not in d:
+        elif d.get("converted") and "groups" not in d and "quantized_ops" not in d:
             out.append("No node kept in FP32.")
         out.append("")
     u = r["unet"]

@@ -66,12 +66,58 @@ def test_int8_variant_of_the_standin_passes_its_gate(int8_dir):
         assert unet["groups"][g]["quantized"] == 0 and unet["groups"][g]["quantizable"] > 0
     assert all(name.startswith("unet.") for name in unet["excluded"])
     assert unet["activation_type"] == recipe.Recipe(precision="int8").activation_type
-    # The VAE graphs are the FP32 files, referenced; the oldest onnxruntime is recorded.
+    # The shipped recipe keeps the VAE graphs in FP32 (recipe.VAE_DEFAULT): the FP32 files, referenced.
     for spec in (contract.VAE_ENCODER, contract.VAE_DECODER):
         assert variant.graph_path(spec).samefile(root / spec.file)
+        assert "vae: fp32" in report["conversion"][spec.key]["why"]
     assert variant.manifest[contract.MANIFEST_MIN_ONNXRUNTIME] == int8.MIN_ONNXRUNTIME
     assert report["sizes"][contract.UNET.key]["ratio"] < 0.6
     assert (variant.folder / contract.QUANTIZE_REPORT_MD).read_text().startswith("# int8 variant")
+
+
+@pytest.fixture(scope="module")
+def int8_vae_dir(standin_dir, tmp_path_factory):
+    """An int8 variant whose recipe asks for the VAE graphs too ("vae": "auto"), calibrated on runs of
+    the default step count."""
+    tmp = tmp_path_factory.mktemp("int8vae")
+    root = _copy(standin_dir, tmp)
+    recipe = _recipe_file(tmp, vae="auto", steps=contract.DEFAULT_STEPS)
+    assert cli.main(["-q", "quantize", "--models", str(root), "--precision", "int8", "--recipe", str(recipe),
+                     "--photos", str(PHOTOS)]) == 0
+    return root
+
+
+def test_int8_vae_graphs_are_quantized_where_their_check_passes(int8_vae_dir, tmp_path, capsys):
+    from moebius_edge.quantize import recipe
+
+    root = int8_vae_dir
+    variant = models.open_models(root, "int8")
+    variant.verify()
+    assert variant.quantize_gate[contract.GATE_STATUS] == contract.GATE_PASSED
+    report = json.loads((variant.folder / contract.QUANTIZE_REPORT_FILE).read_text())
+    floor = recipe.Recipe(precision="int8").vae_min_psnr_db
+    converted = {}
+    for spec in (contract.VAE_ENCODER, contract.VAE_DECODER):
+        d = report["conversion"][spec.key]
+        assert d["check"]["min_psnr_db"] == floor and d["quantized_ops"] == list(recipe.int8.VAE_QUANTIZED_OPS)
+        converted[spec.key] = d["converted"]
+        assert d["converted"] == (d["check"]["psnr_min_db"] >= floor), d
+        if d["converted"]:  # its own file: QDQ convolutions with int8 weights, judged again on held-out inputs
+            assert not variant.graph_path(spec).samefile(root / spec.file)
+            vae = onnx.load(str(variant.graph_path(spec)))
+            assert sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in vae.graph.node) == d["qdq_nodes"] > 0
+            assert onnx.TensorProto.INT8 in {t.data_type for t in vae.graph.initializer}
+            assert report["vae"][spec.key]["converted"] and report["vae"][spec.key]["psnr_min_db"] > 0
+        else:
+            assert variant.graph_path(spec).samefile(root / spec.file) and "check failed" in d["why"]
+    # measured on the stand-in: decoder 39 dB (kept int8), encoder 34 dB (kept FP32)
+    assert converted == {contract.VAE_ENCODER.key: False, contract.VAE_DECODER.key: True}
+    assert "Static QDQ of its Conv nodes" in (variant.folder / contract.QUANTIZE_REPORT_MD).read_text()
+    # calibrated on runs of the step count the user runs, the int8 decoder stays within the gate
+    outs, mask = run_precisions(root, tmp_path, ("fp32", "int8"))
+    hole = mask > 127
+    mse = ((outs["int8"][hole] - outs["fp32"][hole]) ** 2).mean()
+    assert 0 < mse and 10 * np.log10(255 ** 2 / mse) >= 28
 
 
 def test_run_and_info_use_the_int8_variant(int8_dir, tmp_path, capsys):
