@@ -10,7 +10,10 @@ configuration is ``PRECISION[-MODE]`` or ``torch``:
 * ``…-keep``                    all three sessions kept alive (``Inpainter(keep_sessions=True)``):
                                 what the lazy release saves;
 * ``torch``                     the same pipeline with the PyTorch modules in eager mode
-                                (``benchmarks/torch_pipeline.py``): the official-equivalent baseline.
+                                (``benchmarks/torch_pipeline.py``): the official-equivalent baseline;
+* ``…@DIR``                     that precision from the models folder DIR instead (e.g. an int8
+                                variant quantized with another recipe); each run records which VAE
+                                graphs its variant quantized.
 
     .venv/bin/python benchmarks/pipeline.py [--models models] [--configs torch,fp32,int8]
                                             [--steps 20] [--threads 0] [--batch N] [--json FILE]
@@ -55,15 +58,25 @@ MODES = ("low-memory", "keep")
 DEFAULT_CONFIGS = ("fp32", "fp32-low-memory")
 
 
-def parse_config(config: str) -> tuple:
-    """``PRECISION[-MODE]`` → (precision, mode or ""); ``torch`` → ("torch", "")."""
-    if config == TORCH:
-        return TORCH, ""
+def parse_config(config: str, models: str = "") -> tuple:
+    """``PRECISION[-MODE][@DIR]`` → (precision, mode or "", models folder: DIR or ``models``);
+    ``torch`` → ("torch", "", models)."""
+    config, _, folder = config.partition("@")
+    if config == TORCH and not folder:
+        return TORCH, "", models
     precision, _, mode = config.partition("-")
     if precision not in contract.PRECISIONS or mode not in ("", *MODES):
-        raise ValueError(f"unknown configuration {config!r}: use torch or PRECISION[-MODE] with PRECISION in "
+        raise ValueError(f"unknown configuration {config!r}: use torch or PRECISION[-MODE][@DIR] with PRECISION in "
                          f"{', '.join(contract.PRECISIONS)} and MODE in {', '.join(MODES)}")
-    return precision, mode
+    return precision, mode, folder or models
+
+
+def vae_precisions(models: str, precision: str) -> dict:
+    """{VAE graph key: the precision it runs in} for a variant (a VAE graph the variant references
+    is the FP32 file)."""
+    fp32, variant = open_models(models, "fp32"), open_models(models, precision)
+    return {s.key: "fp32" if variant.graph_path(s).samefile(fp32.graph_path(s)) else precision
+            for s in (contract.VAE_ENCODER, contract.VAE_DECODER)}
 
 
 def _rss_mb() -> float:
@@ -100,7 +113,7 @@ def worker(models: str, config: str, steps: int, threads: int) -> dict:
     base_mb = _rss_mb()
     photo = np.asarray(Image.open(ROOT / "tests/data/demo_photo.jpg").convert("RGB"))
     mask = np.asarray(Image.open(ROOT / "tests/data/demo_mask.png").convert("L"))
-    precision, mode = parse_config(config)
+    precision, mode, models = parse_config(config, models)
     if precision == TORCH:
         from benchmarks.torch_pipeline import torch_inpainter
 
@@ -122,7 +135,9 @@ def worker(models: str, config: str, steps: int, threads: int) -> dict:
     inp.inpaint(image, hole, seed=0, steps=steps)
     wall = time.perf_counter() - t
     info = inp.last_run
-    return {"config": config, "image_px": [n, n], "model_steps": info.steps, "threads": threads,
+    return {"config": config, "models": str(models),
+            "vae": {} if precision == TORCH else vae_precisions(models, precision),
+            "image_px": [n, n], "model_steps": info.steps, "threads": threads,
             "open_models_s": round(open_s, 3), "wall_s": round(wall, 3),
             "seconds": {k: round(v, 3) for k, v in info.seconds.items()},
             "unet_step_s": round(info.seconds["denoise"] / info.steps, 3),
@@ -163,7 +178,7 @@ def batch_worker(models: str, config: str, steps: int, threads: int, n: int) -> 
     """`moebius-edge run` over a folder of ``n`` photos in this process: images per minute, peak RSS."""
     from moebius_edge import cli
 
-    precision, mode = parse_config(config)
+    precision, mode, models = parse_config(config, models)
     side = open_models(models, precision).image_size
     with tempfile.TemporaryDirectory() as tmp:
         photos, masks = batch_folder(Path(tmp), n, side)
@@ -191,7 +206,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=contract.DEFAULT_MODELS_DIR, help="models folder (exported when missing)")
     ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
-                    help="comma-separated: torch, or PRECISION[-low-memory|-keep]; ratios are against the first")
+                    help="comma-separated: torch, or PRECISION[-low-memory|-keep][@DIR] (@DIR: that precision "
+                         "from another models folder); ratios are against the first")
     ap.add_argument("--steps", type=int, default=20, help="DDIM steps (strength 0.99 runs one fewer)")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's choice)")
     ap.add_argument("--batch", type=int, default=0, metavar="N",

@@ -301,6 +301,13 @@ def graph_step(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _pipeline_label(run: dict) -> str:
+    """A pipeline configuration, with the VAE graphs its variant quantized (where any)."""
+    config = run["config"].partition("@")[0]
+    quantized = [k.split("_")[1] for k, v in run.get("vae", {}).items() if v != "fp32"]
+    return f"{config} + {' and '.join(quantized)} {run['vae'][f'vae_{quantized[0]}']}" if quantized else config
+
+
 def pipeline(r: dict) -> str:
     runs = r["runs"]
     first = runs[0]
@@ -312,7 +319,7 @@ def pipeline(r: dict) -> str:
              "load s | peak RSS MB | peak in encode / denoise / decode MB |", "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         s = run["seconds"]
-        lines.append(f"| {run['config']} | {run['unet_step_s']:.2f} | {s['encode']:.1f} | {s['decode']:.1f} | "
+        lines.append(f"| {_pipeline_label(run)} | {run['unet_step_s']:.2f} | {s['encode']:.1f} | {s['decode']:.1f} | "
                      f"{run['compute_s']:.1f} | {run['speedup_vs_first']:.2f}x | {run['load_s']:.1f} | "
                      f"{run['peak_rss_mb']:,.0f} | "
                      + " / ".join(f"{run['phase_peak_rss_mb'].get(p, 0):,.0f}" for p in ("encode", "denoise", "decode"))
@@ -322,7 +329,7 @@ def pipeline(r: dict) -> str:
         lines += ["", "`moebius-edge run` over a folder of native-size photos (one process per configuration, from "
                   "the command's start to its end: session creation and image files included):", "",
                   "| configuration | photos | images per minute | s per image | peak RSS MB |", "|---|---|---|---|---|"]
-        lines += [f"| {run['config']} | {run['batch']['images']} | {run['batch']['images_per_min']:.2f} | "
+        lines += [f"| {_pipeline_label(run)} | {run['batch']['images']} | {run['batch']['images_per_min']:.2f} | "
                   f"{run['batch']['wall_s'] / run['batch']['images']:.1f} | {run['batch']['peak_rss_mb']:,.0f} |"
                   for run in batches]
     lines += ["", "![Seconds and peak RSS per phase and configuration](docs/figures/pipeline.png)"]
@@ -349,7 +356,7 @@ def pipeline_figure(r: dict, path: Path = FIGURE) -> None:
     import matplotlib.pyplot as plt
 
     runs = r["runs"]
-    names = [run["config"] for run in runs]
+    names = [_pipeline_label(run) for run in runs]
     y = range(len(runs))
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 0.6 * len(runs) + 1.6), sharey=True)
     left = [0.0] * len(runs)

@@ -4,6 +4,7 @@ one call of each network (benchmarks/graph_step.py), photo and hole sizes (bench
 and the app loop against the runtime (benchmarks/bundle_parity.py). What they run and record, not
 how fast: no timing asserts."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,11 +55,15 @@ def test_torch_baseline_runs_the_same_pipeline_as_the_graphs(random_tiny):
 
 def test_pipeline_benchmark_smoke(random_tiny, tmp_path):
     out = tmp_path / "pipeline.json"
-    proc = _bench("pipeline.py", "--models", random_tiny, "--configs", "torch,fp32-keep", "--steps", 2, "--batch", 2,
-                  "--json", out)
+    other = tmp_path / "other"  # a configuration from another models folder (@DIR)
+    shutil.copytree(random_tiny, other)
+    proc = _bench("pipeline.py", "--models", random_tiny, "--configs", f"torch,fp32-keep,fp32@{other}", "--steps", 2,
+                  "--batch", 2, "--json", out)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
-    assert [run["config"] for run in r["runs"]] == ["torch", "fp32-keep"]
+    assert [run["config"] for run in r["runs"]] == ["torch", "fp32-keep", f"fp32@{other}"]
+    assert r["runs"][2]["models"] == str(other) and r["runs"][1]["models"] == str(random_tiny)
+    assert r["runs"][1]["vae"] == {"vae_encoder": "fp32", "vae_decoder": "fp32"}
     assert r["runs"][0]["speedup_vs_first"] == 1.0 and r["runs"][1]["speedup_vs_first"] > 0
     assert r["machine"]["processor"] and r["models_provenance"] == "random-init:3"
     assert all(run["peak_rss_mb"] > 0 and run["model_steps"] == 1 for run in r["runs"])
@@ -80,7 +85,10 @@ def test_pipeline_benchmark_smoke(random_tiny, tmp_path):
     figure = tmp_path / "pipeline.png"
     pipeline_figure(r, figure)
     assert Image.open(figure).size[0] > 500
-    assert "| fp32-keep | 2 |" in pipeline(r)
+    assert "| fp32-keep | 2 |" in pipeline(r) and "| fp32 | 2 |" in pipeline(r)
+    # a variant that quantized a VAE graph says so in its row
+    run = {**r["runs"][2], "config": "int8@x", "vae": {"vae_encoder": "fp32", "vae_decoder": "int8"}}
+    assert "| int8 + decoder int8 | 2 |" in pipeline({**r, "runs": [r["runs"][0], run]})
 
 
 def test_photo_size_benchmark_follows_the_crop(random_tiny, tmp_path):
