@@ -135,7 +135,7 @@ def worker(models: str, config: str, steps: int, threads: int) -> dict:
     inp.inpaint(image, hole, seed=0, steps=steps)
     wall = time.perf_counter() - t
     info = inp.last_run
-    return {"config": config, "models": str(models),
+    return {"config": config, "models": str(models), "models_provenance": open_models(models).provenance,
             "vae": {} if precision == TORCH else vae_precisions(models, precision),
             "image_px": [n, n], "model_steps": info.steps, "threads": threads,
             "open_models_s": round(open_s, 3), "wall_s": round(wall, 3),

@@ -302,8 +302,11 @@ def graph_step(r: dict) -> str:
 
 
 def _pipeline_label(run: dict) -> str:
-    """A pipeline configuration, with the VAE graphs its variant quantized (where any)."""
-    config = run["config"].partition("@")[0]
+    """A pipeline configuration (``@DIR`` as the folder's name), with the VAE graphs its variant
+    quantized (where any)."""
+    config, _, folder = run["config"].partition("@")
+    if folder:
+        config += f" ({Path(folder).name})"
     quantized = [k.split("_")[1] for k, v in run.get("vae", {}).items() if v != "fp32"]
     return f"{config} + {' and '.join(quantized)} {run['vae'][f'vae_{quantized[0]}']}" if quantized else config
 
@@ -315,7 +318,7 @@ def pipeline(r: dict) -> str:
              f"encodes + 1 decode, each configuration in its own process, one after the other "
              f"(`benchmarks/pipeline.py`; {_machine_line(r['machine'])}). Inpainting seconds leave out session "
              "creation (ONNX Runtime) and module building (PyTorch), shown as load:", "",
-             f"| configuration | s per UNet step | encode s | decode s | inpainting s | vs {first['config']} | "
+             f"| configuration | s per UNet step | encode s | decode s | inpainting s | vs {_pipeline_label(first)} | "
              "load s | peak RSS MB | peak in encode / denoise / decode MB |", "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         s = run["seconds"]

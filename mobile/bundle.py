@@ -35,8 +35,9 @@ from moebius_edge.scheduler import DDIMSchedule
 log = logging.getLogger(__name__)
 
 # Parity gate: relative L2 of each .ort graph (ORT format, saved runtime optimisations replayed)
-# against its source .onnx graph optimised at the level the converter used (``OPTIMIZATION``), so
-# the gate sees what the conversion changed and not which kernels this CPU picks. An int8 graph
+# against its source .onnx graph in the models folder, optimised at the level the converter used
+# (``OPTIMIZATION``), so the gate sees what the static fix, the rewrites and the conversion changed,
+# and not which kernels this CPU picks (the rewrite gate runs at the same level). An int8 graph
 # must be compared like for like: a last-bit difference in a float kernel (x86 layout transforms
 # at level "all", absent from the "extended" .ort) that crosses a quantizer's rounding boundary
 # changes a quantized value, and a random-weight network amplifies it: the int8 .ort against the
@@ -187,7 +188,8 @@ def rewrite_graph(spec: contract.GraphSpec, static_path: Path, before_path: Path
     del proto
     io = static.graph_io(static_path)
     rng = np.random.default_rng(PARITY_SEED)
-    a, b = (ort_session(p, {}, threads) for p in (before_path, static_path))  # .onnx: no entries
+    # .onnx: no entries; optimised at the converter's level, as the parity gate does
+    a, b = (ort_session(p, {}, threads, OPTIMIZATION[precision][1]) for p in (before_path, static_path))
     worst = 0.0
     for case in range(2 if spec is contract.UNET else 1):
         feeds = _feeds(io, rng, case)
@@ -215,6 +217,7 @@ def ort_session(path, entries: dict, threads: int = 0, level: str = "all"):
     if threads:
         so.intra_op_num_threads = threads
     so.log_severity_level = 3
+    so.enable_mem_pattern = False  # as the runtime's sessions (runtime/session.py): a lower peak at 512²
     return ort.InferenceSession(str(path), so, providers=[contract.PROVIDERS["cpu"]])
 
 
@@ -225,7 +228,11 @@ def parity(models_folder: models.ModelsFolder, spec: contract.GraphSpec, ort_pat
     cases = 2 if spec is contract.UNET else 1
     rng = np.random.default_rng(PARITY_SEED)
     level = OPTIMIZATION[precision][1]
-    src = ort_session(models_folder.graph_path(spec), {}, threads, level)
+    try:
+        src = ort_session(models_folder.graph_path(spec), {}, threads, level)
+    except Exception as e:  # noqa: BLE001 - verified by hash, yet not loadable by this onnxruntime
+        raise UserError(f"onnxruntime cannot load the source {spec.key} graph {models_folder.graph_path(spec)}: "
+                        f"{str(e).splitlines()[0]}; nothing was written") from None
     try:
         dst = ort_session(ort_path, session_entries(precision), threads)
     except Exception as e:  # noqa: BLE001 - an .ort file this onnxruntime cannot load

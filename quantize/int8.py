@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")  # not Add, Mul, Softmax, Concat, Resize (ORT's default list)
 # The VAE's convolutions hold its time: quantized, the full-size decoder ran 2.23x and the encoder
 # 1.91x faster than FP32 at 512² on an AVX-512 VNNI Xeon; with the attention MatMuls too, 2.24x and
-# 1.99x at twice the encoder's error (out/vae8 experiment, 2026-12-05).
+# 1.99x at twice the encoder's error (random-init weights, one call each, 2026-12-05; the whole
+# pipeline with an int8 decoder: benchmarks/pipeline.py).
 VAE_QUANTIZED_OPS = ("Conv",)
 ACTIVATION_TYPES = ("uint8", "int8")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")

@@ -77,8 +77,9 @@ def markdown(r: dict) -> str:
                     e = json.loads(e)
                     what = f"group `{e['group']}`" if "group" in e else f"nodes matching `{e['node']}`"
                     out.append(f"- {what} ({len(names)} nodes): {e.get('reason', '')}")
-        if "quantized_ops" in d:  # an int8 VAE graph
-            out.append(f"Static QDQ of its {', '.join(d['quantized_ops'])} nodes: activations {d['activation_type']}, "
+        if "quantized_ops" in d:  # an int8 VAE graph, kept or not
+            out.append(f"{'Static' if d.get('converted') else 'Tried static'} QDQ of its {', '.join(d['quantized_ops'])} "
+                       f"nodes: activations {d['activation_type']}, "
                        f"weights {d['weight_type']}, calibration {d['calibration_method']} on "
                        f"{d['calibration_inputs']} inputs; {d['qdq_nodes']} Q/DQ nodes.")
         if "activation_abs_max" in d:

@@ -85,10 +85,11 @@ def test_pipeline_benchmark_smoke(random_tiny, tmp_path):
     figure = tmp_path / "pipeline.png"
     pipeline_figure(r, figure)
     assert Image.open(figure).size[0] > 500
-    assert "| fp32-keep | 2 |" in pipeline(r) and "| fp32 | 2 |" in pipeline(r)
+    assert "| fp32-keep | 2 |" in pipeline(r) and "| fp32 (other) | 2 |" in pipeline(r)
+    assert r["runs"][2]["models_provenance"] == "random-init:3"
     # a variant that quantized a VAE graph says so in its row
-    run = {**r["runs"][2], "config": "int8@x", "vae": {"vae_encoder": "fp32", "vae_decoder": "int8"}}
-    assert "| int8 + decoder int8 | 2 |" in pipeline({**r, "runs": [r["runs"][0], run]})
+    run = {**r["runs"][2], "config": "int8@a/x", "vae": {"vae_encoder": "fp32", "vae_decoder": "int8"}}
+    assert "| int8 (x) + decoder int8 | 2 |" in pipeline({**r, "runs": [r["runs"][0], run]})
 
 
 def test_photo_size_benchmark_follows_the_crop(random_tiny, tmp_path):

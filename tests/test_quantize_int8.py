@@ -110,9 +110,12 @@ def test_int8_vae_graphs_are_quantized_where_their_check_passes(int8_vae_dir, tm
             assert report["vae"][spec.key]["converted"] and report["vae"][spec.key]["psnr_min_db"] > 0
         else:
             assert variant.graph_path(spec).samefile(root / spec.file) and "check failed" in d["why"]
-    # measured on the stand-in: decoder 39 dB (kept int8), encoder 34 dB (kept FP32)
-    assert converted == {contract.VAE_ENCODER.key: False, contract.VAE_DECODER.key: True}
-    assert "Static QDQ of its Conv nodes" in (variant.folder / contract.QUANTIZE_REPORT_MD).read_text()
+    # measured on the stand-in: decoder 41.0 dB, kept int8 (6 dB above the floor); the encoder's 34.3 dB
+    # sits 0.7 dB under it, so which side it lands on is left to the check asserted above
+    assert converted[contract.VAE_DECODER.key]
+    md = (variant.folder / contract.QUANTIZE_REPORT_MD).read_text()
+    decoder = md[md.index(f"### {contract.VAE_DECODER.key}: converted to INT8"):]
+    assert decoder.split("###")[1].count("Static QDQ of its Conv nodes") == 1
     # calibrated on runs of the step count the user runs, the int8 decoder stays within the gate
     outs, mask = run_precisions(root, tmp_path, ("fp32", "int8"))
     hole = mask > 127

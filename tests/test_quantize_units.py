@@ -43,6 +43,21 @@ def test_recipe_round_trip_and_errors():
             recipe.from_dict(bad, "fp16")
 
 
+def test_recipe_vae_defaults_follow_the_precision():
+    from moebius_edge.quantize import recipe
+
+    fp16, int8 = recipe.Recipe(precision="fp16"), recipe.Recipe(precision="int8")
+    assert (fp16.vae, fp16.vae_min_psnr_db) == (recipe.VAE_DEFAULT["fp16"], recipe.VAE_MIN_PSNR_DB["fp16"])
+    assert (int8.vae, int8.vae_min_psnr_db) == ("fp32", recipe.VAE_MIN_PSNR_DB["int8"])
+    assert fp16.replace(precision="int8") == int8 and int8.replace(precision="fp16") == fp16
+    assert fp16.replace(precision="int8", vae="auto").vae == "auto"
+    # an int8 recipe file may set them; its recipe.json gives the same recipe back
+    r = recipe.from_dict({"vae": "auto", "vae_min_psnr_db": 30}, "int8")
+    assert (r.vae, r.vae_min_psnr_db) == ("auto", 30.0)
+    assert recipe.from_dict(json.loads(json.dumps(r.to_json())), "int8") == r
+    assert recipe.from_dict({}, "int8") == int8  # an older int8 recipe.json (no vae fields): FP32 VAE
+
+
 @pytest.mark.parametrize("provenance, figures, status, failed", [
     ("checkpoint:x", dict(finite=True, outside_changed_px=0, hole_psnr_min_db=40.0, mean_step_cosine=0.999),
      contract.GATE_PASSED, []),
