@@ -62,7 +62,7 @@ def _torch_contender(spec: contract.GraphSpec, modules: dict, feed: dict):
 
 def _ort_paths(root: Path, spec: contract.GraphSpec) -> dict:
     """{contender: graph file} for the precisions present; a variant that references the fp32
-    graph (the int8 folder's VAE) is the fp32 graph and is not timed twice."""
+    graph (a VAE graph the int8 recipe keeps in FP32) is the fp32 graph and is not timed twice."""
     paths = {}
     for precision in contract.PRECISIONS:
         try:
