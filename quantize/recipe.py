@@ -108,7 +108,7 @@ class Recipe:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items() if k not in other}
 
     def replace(self, **changes) -> "Recipe":
-        if changes.get("precision", self.precision) != self.precision:
+        if changes.get(contract.manifest_key(contract.META_PRECISION), self.precision) != self.precision:
             # the per-precision defaults follow the new precision unless given
             changes = {"vae": None, "vae_min_psnr_db": None, **changes}
         return dataclasses.replace(self, **changes)
