@@ -334,4 +334,9 @@ def describe(result: Int8Result) -> dict:
     return {"groups": {g: {"quantizable": result.counts.get(g, 0), "quantized": result.quantized.get(g, 0),
                            "what": next((d for n, d, _ in GROUPS if n == g), "")} for g in sorted(result.counts)},
             "excluded": {k: dict(v) for k, v in result.excluded.items()},
-            "qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in result.proto.graph.node)}
+            "qdq_nodes": qdq_nodes(result.proto)}
+
+
+def qdq_nodes(proto) -> int:
+    """QuantizeLinear and DequantizeLinear nodes of a graph."""
+    return sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)

@@ -216,7 +216,7 @@ def build_int8(fp32: models.ModelsFolder, staging: Path, data: Data, rcp: recipe
         d = {"quantized_ops": list(int8.VAE_QUANTIZED_OPS), "calibration_inputs": len(feeds),
              "activation_type": rcp.activation_type, "weight_type": "int8 per-channel symmetric",
              "calibration_method": "minmax",
-             "qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)}
+             "qdq_nodes": int8.qdq_nodes(proto)}
         if _vae_passes("int8", spec.key, proto, d, fp32, feeds, rcp, threads):
             out = staging / spec.file
             G.save(proto, out, {contract.META_PRECISION: "int8"})
