@@ -50,6 +50,7 @@ QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")  # not Add, Mul, Softmax, Concat, Res
 # pipeline with an int8 decoder: benchmarks/pipeline.py).
 VAE_QUANTIZED_OPS = ("Conv",)
 ACTIVATION_TYPES = ("uint8", "int8")
+WEIGHT_TYPE = "int8 per-channel symmetric"  # every quantized weight (the report's wording)
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 # Histogram calibrators keep every activation of every input; above this latent side (the
 # stand-in's is 16, full size 64) a recipe asking for one is refused.

@@ -129,6 +129,9 @@ def _vae_check(key: str, candidate, fp32: models.ModelsFolder, feeds: list, thre
     return {"psnr_min_db": min(values) if finite else float("nan"), "finite": finite, "inputs": len(values)}
 
 
+VAE_KEPT_BY_RECIPE = "the recipe keeps the VAE in FP32 (vae: fp32)"
+
+
 def _vae_passes(precision: str, key: str, proto, d: dict, fp32: models.ModelsFolder, feeds: list,
                 rcp: recipes.Recipe, threads: int) -> bool:
     """Run the VAE check of a candidate graph into ``d`` ("check", and "converted": False with the
@@ -156,7 +159,7 @@ def build_fp16(fp32: models.ModelsFolder, staging: Path, data: Data, rcp: recipe
         is_vae = spec is not contract.UNET
         src = fp32.graph_path(spec)
         if is_vae and rcp.vae == "fp32":
-            details[key] = {"converted": False, "why": "the recipe keeps the VAE in FP32 (vae: fp32)"}
+            details[key] = {"converted": False, "why": VAE_KEPT_BY_RECIPE}
             continue
         feeds = cal.feeds[key]
         error_feeds = _spread(feeds, rcp.vae_error_inputs if is_vae else rcp.error_inputs)
@@ -198,7 +201,7 @@ def build_int8(fp32: models.ModelsFolder, staging: Path, data: Data, rcp: recipe
     out = staging / contract.UNET.file
     G.save(res.proto, out, {contract.META_PRECISION: "int8"})
     d = {"converted": True, **int8.describe(res), "calibration_inputs": len(feeds),
-         "activation_type": rcp.activation_type, "weight_type": "int8 per-channel symmetric",
+         "activation_type": rcp.activation_type, "weight_type": int8.WEIGHT_TYPE,
          "calibration_method": rcp.calibration_method, "seconds": round(time.perf_counter() - t, 2)}
     log.info("%s: int8 written (%d of %d quantizable nodes kept FP32)", contract.UNET.key, len(res.excluded),
              sum(res.counts.values()))
@@ -207,14 +210,14 @@ def build_int8(fp32: models.ModelsFolder, staging: Path, data: Data, rcp: recipe
     paths, details = {contract.UNET.key: out}, {contract.UNET.key: d}
     for spec in (contract.VAE_ENCODER, contract.VAE_DECODER):
         if rcp.vae == "fp32":
-            details[spec.key] = {"converted": False, "why": "the recipe keeps the VAE in FP32 (vae: fp32)"}
+            details[spec.key] = {"converted": False, "why": VAE_KEPT_BY_RECIPE}
             continue
         t = time.perf_counter()
         feeds = data.calibration.feeds[spec.key]
         proto = int8.make_int8_vae(fp32.graph_path(spec), feeds, activation_type=rcp.activation_type,
                                    threads=threads, work=staging)
         d = {"quantized_ops": list(int8.VAE_QUANTIZED_OPS), "calibration_inputs": len(feeds),
-             "activation_type": rcp.activation_type, "weight_type": "int8 per-channel symmetric",
+             "activation_type": rcp.activation_type, "weight_type": int8.WEIGHT_TYPE,
              "calibration_method": "minmax",
              "qdq_nodes": int8.qdq_nodes(proto)}
         if _vae_passes("int8", spec.key, proto, d, fp32, feeds, rcp, threads):
