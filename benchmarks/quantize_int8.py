@@ -55,6 +55,9 @@ CANDIDATES = (
     ("no-lambda-matmul", "λ MatMuls FP32", (LM,), "uint8"),
     ("no-lambda-matmul-s8", "λ MatMuls FP32, S8 activations", (LM,), "int8"),
     ("edges-fp32", "conv_in, conv_out, time MLP FP32", ("conv_in", "conv_out", "time_mlp"), "uint8"),
+    # The shipped recipe up to 2026-12-06: the Mix-FFN's gate (int8.GATE_OPS) FP32 as well.
+    ("edges-gate-fp32", "conv_in, conv_out, time MLP, Mix-FFN gate FP32", ("conv_in", "conv_out", "time_mlp",
+                                                                           "ffn_gate"), "uint8"),
     ("edges-lambda-fp32", "λ MatMuls, conv_in, conv_out, time MLP FP32", (LM, "conv_in", "conv_out", "time_mlp"),
      "uint8"),
     # ONNX Runtime's x86 QLinearConv is slower than its FP32 Conv on the 15×15 position conv (one input
@@ -63,7 +66,8 @@ CANDIDATES = (
                                                                             "pos_conv"), "uint8"),
     ("lambda-fp32", "λ MatMuls, λ projections, position conv FP32", (LM, "lambda_proj", "pos_conv"), "uint8"),
     ("convs-only", "only the DW.Res, Mix-FFN, sampler and stage convs", (LM, "lambda_proj", "pos_conv", "time_mlp",
-                                                                         "time_proj", "conv_in", "conv_out"), "uint8"),
+                                                                         "time_proj", "conv_in", "conv_out",
+                                                                         "ffn_gate"), "uint8"),
 )
 
 
@@ -377,9 +381,15 @@ def main():
         report = folder / contract.precision_subdir("int8") / contract.QUANTIZE_REPORT_FILE
         if report.is_file():
             rep = json.loads(report.read_text())
+            # what the folder's run changed from the shipped recipe (e.g. fewer masks, to save time)
+            shipped_fields = recipes.Recipe(precision="int8").to_json()
+            changes = {k: v for k, v in rep["recipe"].items() if shipped_fields.get(k) != v}
             full["shipped"] = {
-                "command": f"make quantize MODELS={folder} PRECISION=int8", "gate": rep["gate"][contract.GATE_STATUS],
+                "command": f"make quantize MODELS={folder} PRECISION=int8"
+                           + (f" RECIPE={folder / contract.precision_subdir('int8') / contract.QUANTIZE_RECIPE_FILE}" if changes else ""),
+                "gate": rep["gate"][contract.GATE_STATUS],
                 "checks": {c["name"]: c["value"] for c in rep["gate"]["checks"]},
+                "recipe_changes": changes,
                 "unet_ratio": rep["sizes"][contract.UNET.key]["ratio"], "latency": rep["latency"],
                 "seconds": rep["seconds"], "peak_rss_mb": rep["peak_rss_mb"], "recipe": rep["recipe"],
                 "variant_peak_rss_mb": rep.get("variant_peak_rss_mb"),

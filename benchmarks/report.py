@@ -119,7 +119,10 @@ def quantize_int8(r: dict) -> str:
             lines[-1] += f" {fs['psnr_min_db']:.1f} |" if fs else " – |"
     sh = full.get("shipped")
     if sh:
-        lines += ["", f"The shipped recipe on the full-size random-init folder (`{sh['command']}`): UNet "
+        changed = sh.get("recipe_changes") or {}
+        data = (" with " + ", ".join(f"`{k}` {json.dumps(v)}" for k, v in changed.items()) + ", the shipped recipe "
+                "otherwise" if changed else "")
+        lines += ["", f"The shipped recipe on the full-size random-init folder (`{sh['command']}`{data}): UNet "
                   f"{100 * sh['unet_ratio']:.1f} % of FP32, CPU step {sh['latency']['fp32_median_s']:.2f} s → "
                   f"{sh['latency']['variant_median_s']:.2f} s ({1 / sh['latency']['ratio']:.2f}x in the quantize run's own "
                   f"{sh['latency']['reps']} interleaved reps, on whatever else the machine ran: the trade-off table's "
@@ -275,7 +278,7 @@ def int8_profile(r: dict) -> str:
     for k in kinds:
         lines.append(f"| {k} convolutions | " + " | ".join(f"{g[n]['conv_ms_per_step_by_kind'].get(k, 0):.0f}"
                                                          for n in names) + " |")
-    for op in ("Transpose", "QuantizeLinear", "DequantizeLinear"):
+    for op in ("Transpose", "QuantizeLinear", "DequantizeLinear", "Sigmoid", "Mul", "QLinearSigmoid", "QLinearMul"):
         lines.append(f"| {op} | " + " | ".join(f"{sum(x['ms_per_step'] for x in g[n]['by_op'] if x['op'] == op):.0f}"
                                                  for n in names) + " |")
     return "\n".join(lines)

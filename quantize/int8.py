@@ -1,17 +1,18 @@
 """INT8 graphs: static QDQ with ``onnxruntime.quantization``, calibrated on denoising trajectories.
 
 The quantization is ONNX Runtime's own ``quantize_static`` in QDQ format (per-channel symmetric
-S8 weights; U8 or S8 activations, a recipe choice). What is Moebius-specific, and therefore here:
+S8 weights; U8 or S8 activations, a recipe choice) of the Conv, MatMul and Gemm nodes and of the
+Mix-FFN's gate (``GATE_OPS``). What is Moebius-specific, and therefore here:
 
 * **Stable node names** (``stable_names``): the exporter's node names lose the block level
   (``/unet/resnets.0/conv1/conv_dw_3/Conv``) and some are generated (``Gemm_12``), so a recipe
   cannot name nodes by them. A node is named by the state-dict path of its weight
   (``unet.down_blocks.1.resnets.0.conv1.conv_dw``), or, without one (the activation×activation
-  λ MatMuls), by the module path of the λ it belongs to plus its local op name
+  λ MatMuls, the gate nodes), by the module path of the λ or Mix-FFN it belongs to plus its local op name
   (``unet.up_blocks.0.attentions.2.transformer_blocks.0.attn1/MatMul_3``).
-* **Groups** (``GROUPS``): the ~12 kinds of quantizable node of the architecture (Mix-FFN convs,
-  DW.Res convs, samplers, λ projections, λ MatMuls, position conv, time MLP, in/out convs, ...),
-  each a pattern over stable names. Recipes exclude groups or single nodes, each with its reason.
+* **Groups** (``GROUPS``): the ~13 kinds of quantizable node of the architecture (Mix-FFN convs,
+  DW.Res convs, samplers, λ projections, λ MatMuls, position conv, time MLP, in/out convs, the
+  Mix-FFN's SiLU/GLU gate, ...), each a pattern over stable names. Recipes exclude groups or single nodes, each with its reason.
 * **Calibration ranges** (``measure_ranges``): MinMax ranges come from the quantize stage's own
   range pass (``fp16.measure_ranges``: one input at a time, every activation reduced to two
   scalars in priority order and freed), written as ORT's calibration cache, so
@@ -43,7 +44,16 @@ from moebius_edge.quantize import graph as G
 
 log = logging.getLogger(__name__)
 
-QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")  # not Add, Mul, Softmax, Concat, Resize (ORT's default list)
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")  # not Add, Softmax, Concat, Resize (ORT's default list)
+# The Mix-FFN's gate, ``point_conv(p * silu(g))`` after ``silu(inverted_conv(x))``: its Sigmoid and
+# Mul nodes between three quantized convs. Left FP32, every one of them reads a dequantized copy of
+# a 5·C-channel map (ONNX Runtime gives each consumer of a DequantizeLinear its own copy, which also
+# stops the x·sigmoid(x) fusion), and they held 0.5 s of a 2.6 s full-size INT8 step (AVX-512 VNNI
+# Xeon, benchmarks/int8_profile.py); quantized, ONNX Runtime runs them as QLinearSigmoid and
+# QLinearMul on the uint8 maps and the whole Mix-FFN stays integer. Only these: every other Sigmoid
+# and Mul of the graph stays FP32.
+GATE_OPS = ("Sigmoid", "Mul")
+_GATE_NODE = re.compile(r"/ff(_\d+)?/(Sigmoid|Mul)(_\d+)?$")  # exporter names of the Mix-FFN's gate nodes
 # The VAE's convolutions hold its time: quantized, the full-size decoder ran 2.23x and the encoder
 # 1.91x faster than FP32 at 512² on an AVX-512 VNNI Xeon; with the attention MatMuls too, 2.24x and
 # 1.99x at twice the encoder's error (random-init weights, one call each, 2026-12-05; the whole
@@ -76,6 +86,7 @@ GROUPS = (
     ("dw_conv", "DW.Res depthwise convs", r"\.conv[12]\.conv_dw$"),
     ("pw_conv", "DW.Res pointwise and shortcut convs", r"\.conv[12]\.conv_pw$|\.conv_shortcut$"),
     ("proj_io", "LλMI stage proj_in / proj_out", r"\.proj_(in|out)$"),
+    ("ffn_gate", "Mix-FFN SiLU and GLU gate (Sigmoid, Mul)", r"\.ff/(Sigmoid|Mul)(_\d+)?$"),
     ("sampler", "down/up-sampler convs", r"\.(down|up)samplers\.\d+\.conv$"),
 )
 GROUP_NAMES = tuple(g for g, _, _ in GROUPS)
@@ -94,19 +105,25 @@ def _state_dict_path(names: list) -> str | None:
     return None
 
 
+def quantizable(node) -> bool:
+    return node.op_type in QUANTIZED_OPS or (node.op_type in GATE_OPS and _GATE_NODE.search(node.name) is not None)
+
+
 def stable_names(proto) -> dict:
-    """{exporter node name: stable name} for every Conv, MatMul and Gemm (module docstring)."""
+    """{exporter node name: stable name} for every Conv, MatMul and Gemm, and the Mix-FFN's gate
+    nodes (``GATE_OPS``) (module docstring)."""
     inits = {t.name for t in proto.graph.initializer}
     out, last = {}, None
     for node in proto.graph.node:
         path = _state_dict_path([i for i in node.input[1:] if i in inits])
         if path is not None:
             last = path
-        if node.op_type not in QUANTIZED_OPS:
+        if not quantizable(node):
             continue
-        if path is None:
+        if path is None or node.op_type in GATE_OPS:
             # /unet/attentions.1/transformer_blocks.0/attn1_1/MatMul_3 -> scope "attn1", op "MatMul_3",
-            # placed in the λ module of the last weight seen (the same λ, in graph order).
+            # placed in the λ module of the last weight seen (the same λ, in graph order); a gate
+            # node (.../ff_1/Sigmoid) likewise in its Mix-FFN, whose convs carry the weights.
             parts = node.name.strip("/").split("/")
             scope = _SUFFIX.sub("", parts[-2]) if len(parts) > 1 else ""
             atoms = (last or "").split(".")
@@ -263,10 +280,15 @@ def make_int8(src: Path, feeds: list, *, exclude: list, activation_type: str = "
         proto = onnx.load(str(pre))
         excluded, matched = select(proto, exclude)
         names, by_group = stable_names(proto), groups(proto)
+        names_all = [n.name for n in proto.graph.node if n.op_type in GATE_OPS]
         if method == "minmax" and ranges is None:
             ranges = measure_ranges(proto, feeds, threads)
         del proto
-        q = _quantize(pre, tmp, feeds, ops=QUANTIZED_OPS, excluded=excluded, activation_type=activation_type,
+        # GATE_OPS are quantized only in the Mix-FFN: ORT's quantizer selects by op type, so every
+        # other Sigmoid and Mul is named here as excluded.
+        others = [n for n in names_all if n not in names]
+        q = _quantize(pre, tmp, feeds, ops=QUANTIZED_OPS + GATE_OPS, excluded=excluded + others,
+                      activation_type=activation_type,
                       method=method, ranges=ranges)
     counts, quantized = {}, {}
     for stable in names.values():

@@ -43,7 +43,9 @@ def test_int8_quantize_imports_no_torch(int8_dir):
     assert imports["torch_import_attempts"] == [] and imports["heavy_modules"] == []
 
 
-def test_int8_variant_of_the_standin_passes_its_gate(int8_dir):
+def test_int8_variant_of_the_standin_passes_its_gate(int8_dir, tmp_path):
+    import onnxruntime as ort
+
     from moebius_edge.quantize import int8, recipe
 
     root, _ = int8_dir
@@ -53,11 +55,19 @@ def test_int8_variant_of_the_standin_passes_its_gate(int8_dir):
     report = json.loads((variant.folder / contract.QUANTIZE_REPORT_FILE).read_text())
     assert report["end_to_end"]["hole_psnr_min_db"] >= 28.0 and report["unet"]["cosine_mean"] >= 0.99
     assert report["end_to_end"]["outside_changed_px"] == 0
-    # QDQ graph: Conv/MatMul/Gemm read dequantized int8 weights, nothing else is quantized.
+    # QDQ graph: Conv/MatMul/Gemm read dequantized int8 weights.
     proto = onnx.load(str(variant.graph_path(contract.UNET)))
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert {t.data_type for t in proto.graph.initializer} >= {onnx.TensorProto.INT8}
+    # ONNX Runtime runs the Mix-FFN's gate on the uint8 maps (silu(inverted) and p * silu(g): two
+    # Sigmoid and three Mul per stage), not on dequantized float copies; no other Sigmoid is quantized.
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(variant.graph_path(contract.UNET)), so, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    stages = 15  # LλMI stages of the tiny preset
+    assert fused.count("QLinearSigmoid") == 2 * stages and fused.count("QLinearMul") == 3 * stages
     # The shipped exclusions were applied, by stable names, and the report says which and why.
     unet = report["conversion"][contract.UNET.key]
     shipped = {e["group"] for e in recipe.INT8_EXCLUDE if "group" in e}
@@ -253,7 +263,7 @@ def test_stable_names_and_groups_cover_every_quantizable_node(standin_dir, tmp_p
 
     proto = onnx.load(str(standin_dir / contract.UNET.file))
     names = int8.stable_names(proto)
-    quantizable = [n for n in proto.graph.node if n.op_type in int8.QUANTIZED_OPS]
+    quantizable = [n for n in proto.graph.node if int8.quantizable(n)]
     assert len(names) == len(quantizable) == len(set(names.values()))
     assert all(v.startswith("unet.") and "#" not in v for v in names.values())
     groups = int8.groups(proto)
@@ -262,6 +272,11 @@ def test_stable_names_and_groups_cover_every_quantizable_node(standin_dir, tmp_p
     counts = {g: list(groups.values()).count(g) for g in int8.GROUP_NAMES}
     assert counts[int8.LAMBDA_MATMUL] == 3 * stages and counts["pos_conv"] == stages
     assert counts["conv_in"] == counts["conv_out"] == counts["time_mlp"] == 2
+    # the Mix-FFN gate: silu(inverted) and p * silu(g), 2 Sigmoid and 3 Mul per stage; no other
+    # Sigmoid or Mul of the graph is quantizable
+    assert counts["ffn_gate"] == 5 * stages
+    gates = [n for n in proto.graph.node if n.op_type in int8.GATE_OPS]
+    assert len(gates) > 5 * stages and sum(n.name in names for n in gates) == 5 * stages
     # The exporter's names repeat a module's scope across blocks (resnets.0 of every block) and
     # generate others (Gemm_12): the stable names are the state-dict paths.
     assert any(k.startswith("Gemm_") for k in names)
