@@ -120,7 +120,7 @@ def stable_names(proto) -> dict:
             last = path
         if not quantizable(node):
             continue
-        if path is None or node.op_type in GATE_OPS:
+        if path is None:
             # /unet/attentions.1/transformer_blocks.0/attn1_1/MatMul_3 -> scope "attn1", op "MatMul_3",
             # placed in the λ module of the last weight seen (the same λ, in graph order); a gate
             # node (.../ff_1/Sigmoid) likewise in its Mix-FFN, whose convs carry the weights.
