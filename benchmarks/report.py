@@ -98,6 +98,11 @@ def quantize_int8(r: dict) -> str:
                      + (f"{100 * f['unet_ratio']:.1f} % | "
                         + (f"{1 / f['latency']['ratio']:.2f}x faster | " if "latency" in f else "– | ")
                         + f"{f['eps']['cosine_mean']:.4f} |" if f else "– | – | – |"))
+    pick = r.get("fastest_passing")
+    if pick and shipped and pick != shipped:
+        lines += ["", f"In this run the selection rule ({r['selection_rule']}) picks **{pick}**, not the shipped "
+                  f"{shipped}: the shipped recipe changes only once a run of its own confirms the ranking and the "
+                  "full-size variant is rebuilt with it."]
     if not fr:
         lines += ["", "Full-size columns: not measured yet (`benchmarks/quantize_int8.py --skip-standin --models DIR` "
                   "on a `make export RANDOM_INIT=1` folder); until then the shipped recipe is chosen by the stand-in "
