@@ -106,6 +106,7 @@ def _state_dict_path(names: list) -> str | None:
 
 
 def quantizable(node) -> bool:
+    """A node the INT8 recipe can quantize: a Conv, MatMul or Gemm, or a Mix-FFN gate node."""
     return node.op_type in QUANTIZED_OPS or (node.op_type in GATE_OPS and _GATE_NODE.search(node.name) is not None)
 
 
@@ -280,13 +281,12 @@ def make_int8(src: Path, feeds: list, *, exclude: list, activation_type: str = "
         proto = onnx.load(str(pre))
         excluded, matched = select(proto, exclude)
         names, by_group = stable_names(proto), groups(proto)
-        names_all = [n.name for n in proto.graph.node if n.op_type in GATE_OPS]
+        # GATE_OPS are quantized only in the Mix-FFN: ORT's quantizer selects by op type, so every
+        # other Sigmoid and Mul is named to it as excluded.
+        others = [n.name for n in proto.graph.node if n.op_type in GATE_OPS and not quantizable(n)]
         if method == "minmax" and ranges is None:
             ranges = measure_ranges(proto, feeds, threads)
         del proto
-        # GATE_OPS are quantized only in the Mix-FFN: ORT's quantizer selects by op type, so every
-        # other Sigmoid and Mul is named here as excluded.
-        others = [n for n in names_all if n not in names]
         q = _quantize(pre, tmp, feeds, ops=QUANTIZED_OPS + GATE_OPS, excluded=excluded + others,
                       activation_type=activation_type,
                       method=method, ranges=ranges)
