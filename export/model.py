@@ -177,9 +177,12 @@ class LocalLambda(nn.Module):
         lam_c = kbar.transpose(1, 2) @ vm  # (B, K, V): content lambda, size independent of N
         # Position lambda Λp[κ, ν, n] = b[κ] + (P[κ] ⋆ Vm[ν])[n], as a 2-D conv over B·V maps.
         vmap = vm.transpose(1, 2).reshape(b * self.v, 1, hh, ww)
-        lam_p = self.pos_conv(vmap).reshape(b, self.v, self.k, n)  # (B, V, K, N)
-        # Single-axis move (0,3,1,2): measured ~13× faster in ORT than the (0,3,2,1) alternative.
-        lam = lam_p.permute(0, 3, 1, 2) + lam_c.transpose(1, 2)[:, None]  # (B, N, V, K)
+        # Channels last first: ORT runs an INT8 conv in NHWC and cancels its own NHWC → NCHW
+        # transpose against this one, so one (V, N) block swap is left instead of two transposes
+        # (the same values; measured 0.90x the time of reshape(b, V, K, N).permute(0, 3, 1, 2) on
+        # stage 0 in FP32, 0.945x in INT8). The (0,3,2,1) form was ~13x slower than either.
+        lam_p = self.pos_conv(vmap).permute(0, 2, 3, 1).reshape(b, self.v, n, self.k)  # (B, V, N, K)
+        lam = lam_p.transpose(1, 2) + lam_c.transpose(1, 2)[:, None]  # (B, N, V, K)
         y = lam @ q  # (B, N, V, h) = Yc + Yp
         return y.transpose(2, 3).reshape(b, n, self.heads * self.v)  # channel h·V + ν
 
@@ -258,8 +261,10 @@ class LambdaTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(c, eps=cfg.NORM_EPS)
         self.ff = MixFFN(cfg, c)
 
-    def forward(self, t, hw, ctx=None, lambdas=None):
+    def forward(self, t, hw, ctx=None, lambdas=None, double=False):
         t = t + self.attn1(self.norm1(t), hw)
+        if double:  # one CFG half in, both out: the halves differ from the cross-λ on
+            t = torch.cat([t, t], dim=0)
         t = t + self.attn2(self.norm2(t), ctx, lambdas)
         return t + self.ff(self.norm3(t), hw)
 
@@ -274,11 +279,11 @@ class LambdaMixStage(nn.Module):
         self.transformer_blocks = nn.ModuleList([LambdaTransformerBlock(cfg, c, side)])
         self.proj_out = nn.Conv2d(c, c, 1)
 
-    def forward(self, x, ctx=None, lambdas=None):  # x (B, C, H, W)
+    def forward(self, x, ctx=None, lambdas=None, double=False):  # x (B, C, H, W); (2B, ...) out if double
         hw = x.shape[2:]
         t = _to_tokens(self.proj_in(self.norm(x)))
-        t = self.transformer_blocks[0](t, hw, ctx, lambdas)
-        return self.proj_out(_to_map(t, *hw)) + x
+        t = self.transformer_blocks[0](t, hw, ctx, lambdas, double)
+        return self.proj_out(_to_map(t, *hw)) + (torch.cat([x, x], dim=0) if double else x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,22 +335,30 @@ class MoebiusUNet(nn.Module):
         self.conv_norm_out = nn.GroupNorm(cfg.NORM_GROUPS, c0, eps=cfg.NORM_EPS)
         self.conv_out = DepthwiseSeparableConv(c0, cfg.out_channels)
 
-    def forward(self, sample, timesteps, ctx=None, lambdas=None, return_block_outputs=False):
+    def forward(self, sample, timesteps, ctx=None, lambdas=None, return_block_outputs=False, shared_prefix=False):
         """sample (B, 9, h, w); timesteps (B,) int64; either ``ctx`` (B, L, D) or per-stage
         precomputed cross lambdas ``lambdas`` (a list, one (B, K+L, V) tensor per stage in
-        execution order). Returns (B, 4, h, w) [and the six block outputs]."""
+        execution order). Returns (B, 4, h, w) [and the six block outputs].
+
+        ``shared_prefix``: ``sample`` and ``timesteps`` are one CFG half (B rows) and ``ctx`` or
+        ``lambdas`` both halves (2B rows, as in the official batch ``[x; x]``). Everything before
+        the first cross-λ reads no context (conv_in, the time embedding, the first DW.Res block
+        and the first stage's self-λ), so it runs once on B rows and the batch doubles there; the
+        result equals the official forward on ``[x; x]``. Returns (2B, 4, h, w)."""
         emb = self.time_embedding(timesteps)
         lam = iter(lambdas) if lambdas is not None else None
 
-        def stage(attn, h):
-            return attn(h, ctx, next(lam) if lam is not None else None)
+        def stage(attn, h, double=False):
+            return attn(h, ctx, next(lam) if lam is not None else None, double)
 
         h = self.conv_in(sample)
         skips = [h]
         block_outputs = []
         for blk in self.down_blocks:
             for res, attn in zip(blk.resnets, blk.attentions):
-                h = stage(attn, res(h, emb))
+                h = stage(attn, res(h, emb), double=shared_prefix)
+                if shared_prefix:  # the batch is 2B from here on
+                    emb, skips[0], shared_prefix = torch.cat([emb, emb]), torch.cat([skips[0], skips[0]]), False
                 skips.append(h)
             if blk.downsamplers is not None:
                 h = blk.downsamplers[0](h)

@@ -88,7 +88,8 @@ class GuidedUNet(nn.Module):
     The category context is fixed (uncond ids 10..19, cond ids 0..9), so everything that depends
     only on it (embedding, encoder_hid_proj, the cross-λ keys, values and content lambdas) is
     computed here once and stored as constants ``[Λc ; Vm]`` per stage and CFG half. At run time
-    the graph doubles the batch, runs the UNet and applies guidance."""
+    the graph runs what both halves share once, doubles the batch before the first cross-λ
+    (``MoebiusUNet.forward(shared_prefix=True)``), runs the rest and applies guidance."""
 
     def __init__(self, model: RemovalModel):
         super().__init__()
@@ -110,13 +111,11 @@ class GuidedUNet(nn.Module):
         b = latent.shape[0]
         parts = dict(zip(contract.UNET.input_names, (latent, mask, masked_latent)))
         x = torch.cat([parts[name] for name, _, _ in contract.UNET_INPUT_CHANNELS], dim=1)  # (B, 9, h, w)
-        x2 = torch.cat([x, x], dim=0)  # rows 0..B-1 uncond, B..2B-1 cond
-        t2 = torch.cat([timestep, timestep], dim=0)
-        lambdas = []
+        lambdas = []  # rows 0..B-1 uncond, B..2B-1 cond
         for i in range(self.n_stages):
             lam = getattr(self, f"cross_lambdas_{i}")  # (2, K+L, V)
             lambdas.append(lam[:, None].expand(-1, b, -1, -1).reshape(-1, lam.shape[1], lam.shape[2]))
-        eps = self.unet(x2, t2, lambdas=lambdas)
+        eps = self.unet(x, timestep, lambdas=lambdas, shared_prefix=True)  # (2B, 4, h, w)
         eps = eps.reshape(2, b, *eps.shape[1:])
         eps_u, eps_c = eps[0], eps[1]
         return eps_u + guidance_scale.reshape(1, 1, 1, 1) * (eps_c - eps_u)

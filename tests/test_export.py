@@ -185,8 +185,27 @@ def test_static_batch_export(tmp_path):
     model = load_golden_model(1)
     path = export_unet(model, tmp_path, onnx_export.common_metadata(model.cfg, 0.13025, "checkpoint:test", None),
                        static_batch=True)
-    dims = [d.dim_value for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim]
+    proto = onnx.load(str(path))
+    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 4, 16, 16]
+    # The CFG halves share everything up to the first cross-λ: that part runs on one row, the rest
+    # on two (uncond, cond). Conv and MatMul nodes by their module (quantize's stable names); the
+    # position conv runs on B·V maps and the Gemms on B·N token rows, so their first axis is not B.
+    from moebius_edge.quantize.int8 import stable_names
+
+    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    batch = {v.name: v.type.tensor_type.shape.dim[0].dim_value for v in list(inferred.value_info) + list(inferred.output)
+             if v.type.tensor_type.shape.dim}
+    stage0 = "unet.down_blocks.0.attentions.0.transformer_blocks.0."
+    prefixes = ("unet.conv_in.", "unet.down_blocks.0.resnets.0.", stage0 + "attn1",
+                stage0 + "attn2", stage0 + "ff", "unet.down_blocks.1.", "unet.up_blocks.", "unet.conv_out.")
+    rows = {}
+    by_name = {n.name: n for n in proto.graph.node}
+    for node, module in stable_names(proto).items():
+        prefix = next((p for p in prefixes if module.startswith(p)), None)
+        if prefix and by_name[node].op_type in ("Conv", "MatMul") and not module.endswith("pos_conv"):
+            rows.setdefault(prefix, set()).add(batch[by_name[node].output[0]])
+    assert rows == {**{p: {1} for p in prefixes[:3]}, **{p: {2} for p in prefixes[3:]}}
 
 
 def _cli(*args, **kw):

@@ -90,6 +90,23 @@ def test_tiny_goldens(case):
         assert err <= golden_tolerance(key), f"case {case} {key}: max |Δ| {err:.3g}"
 
 
+@pytest.mark.parametrize("case", [1, 2])
+def test_shared_cfg_prefix_equals_the_forward_on_both_halves(case):
+    """``shared_prefix``: one half in, the official forward on ``[x; x]`` out."""
+    g = np.load(DATA / f"tiny_case_{case}.npz")
+    model = load_golden_model(case)
+    x = torch.from_numpy(g["noisy_latents"])
+    b = x.shape[0] // 2
+    x = x[:b]
+    t = torch.from_numpy(g["timesteps"]).expand(2 * b)[:b]  # (1,) or per row (2B,) in the goldens
+    ctx = model.context(torch.from_numpy(g["input_ids"]))  # (2B, L, D): uncond rows, then cond rows
+    with torch.no_grad():
+        shared = model.diff_model(x, t, ctx, shared_prefix=True)
+        both = model.diff_model(torch.cat([x, x]), torch.cat([t, t]), ctx)
+    assert shared.shape == both.shape == (2 * b, 4, *x.shape[2:])
+    assert (shared - both).abs().max().item() <= golden_tolerance("noise_pred")
+
+
 def test_batchnorm_folding_preserves_the_function():
     import copy
 
