@@ -207,6 +207,7 @@ def full_tradeoff(ctx: Context, keep: Path, names=()) -> list:
         q_s = time.perf_counter() - t
         G.save(r.proto, keep / f"{name}.onnx")
         rows.append({"name": name, "what": what, "exclude": list(groups), "activation_type": act,
+                     "models": str(ctx.fp32.root),
                      "unet_ratio": (keep / f"{name}.onnx").stat().st_size / ctx.fp32.graph_path(contract.UNET).stat().st_size,
                      "eps": ctx.eps(r.proto), "quantize_s": q_s})
         logging.info("full %s: size %.1f %%, eps cosine %.4f", name, 100 * rows[-1]["unet_ratio"],

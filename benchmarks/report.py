@@ -98,6 +98,15 @@ def quantize_int8(r: dict) -> str:
                      + (f"{100 * f['unet_ratio']:.1f} % | "
                         + (f"{1 / f['latency']['ratio']:.2f}x faster | " if "latency" in f else "– | ")
                         + f"{f['eps']['cosine_mean']:.4f} |" if f else "– | – | – |"))
+    passes = {}  # rows timed in one interleaved loop (each against that loop's FP32 runs)
+    for c in full.get("tradeoff", []):
+        if "latency" in c:
+            passes.setdefault((c.get("models"), tuple(c["latency"]["interleaved_with"])), []).append(c["name"])
+    if len(passes) > 1:
+        lines += ["", "The full-size columns come from " + str(len(passes)) + " passes, each interleaving FP32 with its own "
+                  "candidates (ratios compare across passes, seconds do not): " + "; ".join(
+                      f"{', '.join(names)} on {'`' + Path(m).name + '`' if m else 'an earlier export'}"
+                      for (m, _), names in passes.items()) + "."]
     pick = r.get("fastest_passing")
     if pick and shipped and pick != shipped:
         lines += ["", f"In this run the selection rule ({r['selection_rule']}) picks **{pick}**, not the shipped "
