@@ -23,6 +23,7 @@ import logging
 import numpy as np
 
 from moebius_edge import onnx_files
+from moebius_edge.session import release_memory  # noqa: F401 - the runtime's; quantize calls it G.release_memory
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +35,6 @@ DATA_MOVEMENT_OPS = frozenset({"Reshape", "Transpose", "Slice", "Concat", "Unsqu
 _RANGE_SUFFIX = ("__range_min", "__range_max")
 _CANDIDATE_PREFIX = "candidate/"  # error_model: the candidate graph's names
 _ERROR_PREFIX = "error_"  # error_model: the comparison nodes
-
-
-def release_memory() -> None:
-    """Hand the heap freed by the last phase back to the system (glibc keeps freed blocks, and a
-    full-size phase frees gigabytes: sessions, their arenas, graph copies), so that the next phase's
-    peak does not stack on top of it. A no-op where ``malloc_trim`` does not exist."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def load(path):

@@ -55,6 +55,17 @@ def test_golden_case_matches_the_official_pipeline(inpainter, golden):
     assert not any(g.loaded for g in inpainter.graphs.values())
 
 
+def test_each_phase_hands_its_memory_back(inpainter, golden, monkeypatch):
+    """Encode, denoise and decode each drop their session and give the freed heap back (glibc keeps
+    it otherwise: at 512² the int8 run's decode peaked 170 MB higher, benchmarks/pipeline.py)."""
+    from moebius_edge import session
+
+    calls = []
+    monkeypatch.setattr(session, "release_memory", lambda: calls.append([g.loaded for g in inpainter.graphs.values()]))
+    inpainter.inpaint(golden["image_u8"], golden["mask_u8"], noise=golden, fidelity="official")
+    assert len(calls) == 3 and not any(calls[-1])
+
+
 def test_noise_file(tmp_path, golden):
     np.savez(tmp_path / "n.npz", **{k: golden[k] for k in NOISE_KEYS})
     noise = load_noise_file(tmp_path / "n.npz")
