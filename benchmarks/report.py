@@ -83,8 +83,8 @@ def quantize_int8(r: dict) -> str:
     fr = {c["name"]: c for c in full.get("tradeoff", [])}
     lines = ["`benchmarks/quantize_int8.py`: candidate recipes from everything quantized to the most careful. "
              "Stand-in columns go through the real gate (hole PSNR ≥ 28 dB, mean step ε cosine ≥ 0.99); full-size "
-             "columns are random weights (figures advisory); their step times come from one loop interleaving FP32 and "
-             "every candidate. "
+             "columns are random weights (figures advisory); their step times come from a loop interleaving FP32 and "
+             "the candidates (one loop for all unless said below). "
              f"CPU: {r['machine'].get('processor', r['machine'].get('cpu'))}, {r['machine']['cores']} cores, "
              f"{_isa(r['machine'])}, onnxruntime {r['machine']['onnxruntime']}.", "",
              "| recipe | kept FP32 | activations | stand-in gate | hole PSNR min dB | mean ε cosine | full: UNet / FP32 "
