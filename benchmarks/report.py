@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -232,6 +233,31 @@ def encode_batch(r: dict) -> str:
     return "\n".join(lines)
 
 
+VAE_LABELS = {"tiny": "tiny (the stand-in's VAE)", "full": "SDXL layout"}
+
+
+def vae_tiling(r: dict) -> str:
+    lines = [f"A tiled decode (diffusers' `AutoencoderKL` tiling, tiles overlapping by {r['overlap']:.0%}) against "
+             f"the untiled decode of the same latents, in PyTorch, random-init weights "
+             f"(`benchmarks/vae_tiling.py --full-size`; {_machine_line(r['machine'])}). Gate: ≥ {r['gate_db']:.0f} dB "
+             "against the untiled decode:", "",
+             "| VAE | image | tile, latent px | tiles | min PSNR vs untiled, dB | decode s | peak RSS MB | gate |",
+             "|---|---|---|---|---|---|---|---|"]
+    for v in r["vaes"]:
+        u, side = v["untiled"], f"{v['image_side']}² ({len(v['photos'])} photos)"
+        lines.append(f"| {VAE_LABELS.get(v['vae'], v['vae'])} | {side} | untiled | 1 | – | "
+                     f"{statistics.median(u['seconds']):.2f} | {_peak(u['peak_rss_mb']):,.0f} | – |")
+        for x in v["rows"]:
+            psnr = "equal" if x["psnr_min_db"] is None else f"{x['psnr_min_db']:.1f}"
+            lines.append(f"| | | {x['tile_latent']} | {x['tiles']} | {psnr} | {statistics.median(x['seconds']):.2f} | "
+                         f"{_peak(x['peak_rss_mb']):,.0f} | {'passed' if x['passes_gate'] else 'failed'} |")
+    return "\n".join(lines)
+
+
+def _peak(values: list) -> float:
+    return max((v for v in values if v is not None), default=0.0)
+
+
 EP_COLUMNS = (("nnapi", "NNAPI"), ("coreml_neuralnetwork", "CoreML NN"), ("coreml_mlprogram", "MLProgram"),
               ("xnnpack", "XNNPACK"))
 
@@ -360,7 +386,7 @@ RENDERERS = {"thin_strokes": thin_strokes, "quantize_fp16": quantize_fp16, "quan
              "scale": scale, "bundle_rewrites": bundle_rewrites, "int8_profile": int8_profile,
              "graph_step": graph_step, "pipeline": pipeline, "bundle": bundle, "bundle_memory": bundle_memory,
              "bundle_parity": bundle_parity, "photo_size": photo_size,
-             "export_full": export_full, "encode_batch": encode_batch}
+             "export_full": export_full, "encode_batch": encode_batch, "vae_tiling": vae_tiling}
 # The files that hold measured tables.
 DOCUMENTS = (README, ROOT / "docs" / "mobile.md")
 FIGURE = ROOT / "docs" / "figures" / "pipeline.png"

@@ -185,3 +185,19 @@ def test_gpu_benchmark_step_is_the_official_forward_and_runs_on_cpu(random_tiny,
     r = json.loads(out.read_text())
     assert list(r["rows"]) == ["PyTorch eager fp32"] and r["rows"]["PyTorch eager fp32"]["reps"] == 2
     assert r["onnxruntime_cuda"] == "not run" and r["device"] == "cpu"
+
+
+def test_vae_tiling_benchmark_measures_tiles_against_the_untiled_decode(tmp_path):
+    """The tile as large as the latent is decoded untiled by diffusers: it must come out equal, so
+    the comparison itself is sound; smaller tiles differ and are judged by the gate."""
+    out = tmp_path / "vae_tiling.json"
+    proc = _bench("vae_tiling.py", "--photos", "1", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())
+    (tiny,) = r["vaes"]
+    control, *tiled = sorted(tiny["rows"], key=lambda x: -x["tile_latent"])
+    assert control["tile_latent"] == tiny["latent_side"] and control["tiles"] == 1
+    assert control["max_abs_diff"] == [0.0] and control["psnr_min_db"] is None and control["passes_gate"]
+    assert tiled and all(x["tiles"] > 1 and x["max_abs_diff"][0] > 0 for x in tiled)
+    assert all(x["passes_gate"] == (x["psnr_min_db"] >= r["gate_db"]) for x in tiled)
+    assert all(x["peak_rss_mb"][0] > 0 for x in tiny["rows"])
