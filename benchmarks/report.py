@@ -233,6 +233,26 @@ def encode_batch(r: dict) -> str:
     return "\n".join(lines)
 
 
+def graph_memory(r: dict) -> str:
+    lines = [f"One call of the {r['precision']} `{r['graph']}` at {r['image_side']}², each session setting in a process "
+             f"of its own, RSS sampled every 2 ms through the call that grows the arena (`benchmarks/graph_memory.py`; "
+             f"{_machine_line(r['machine'])}):", "",
+             "| setting | RSS after load MB | peak RSS of the call MB | call s |", "|---|---|---|---|"]
+    lines += [f"| {x['setting']} | {x['rss_after_load_mb']:,.0f} | {x['peak_rss_mb']:,.0f} | {x['call_s']:.2f} |"
+              for x in r["runs"]]
+    p = next((x["profile"] for x in r["runs"] if "profile" in x), None)
+    if p:
+        live = ", ".join(f"{x['op']} {x['mb']:,.0f} MB" for x in p["live_at_peak"])
+        lines += ["", f"With the runtime's setting the RSS first reaches its top in `{p['peak_block']}` "
+                  f"({p['peak_op']}); the largest tensors alive there: {live} ({p['live_at_peak_mb']:,.0f} MB of "
+                  "tensors in all). The blocks that raise the RSS most (the arena keeps what it took, so each block "
+                  "adds only what exceeds the highest RSS before it):", "",
+                  "| block | s | adds MB | highest RSS in it MB |", "|---|---|---|---|"]
+        lines += [f"| `{b['block']}` | {b['seconds']:.2f} | {b['growth_mb']:,.0f} | {b['peak_rss_mb']:,.0f} |"
+                  for b in p["blocks"][:6]]
+    return "\n".join(lines)
+
+
 VAE_LABELS = {"tiny": "tiny (the stand-in's VAE)", "full": "SDXL layout"}
 
 
@@ -386,7 +406,8 @@ RENDERERS = {"thin_strokes": thin_strokes, "quantize_fp16": quantize_fp16, "quan
              "scale": scale, "bundle_rewrites": bundle_rewrites, "int8_profile": int8_profile,
              "graph_step": graph_step, "pipeline": pipeline, "bundle": bundle, "bundle_memory": bundle_memory,
              "bundle_parity": bundle_parity, "photo_size": photo_size,
-             "export_full": export_full, "encode_batch": encode_batch, "vae_tiling": vae_tiling}
+             "export_full": export_full, "encode_batch": encode_batch, "vae_tiling": vae_tiling,
+             "graph_memory": graph_memory}
 # The files that hold measured tables.
 DOCUMENTS = (README, ROOT / "docs" / "mobile.md")
 FIGURE = ROOT / "docs" / "figures" / "pipeline.png"

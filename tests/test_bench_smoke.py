@@ -201,3 +201,33 @@ def test_vae_tiling_benchmark_measures_tiles_against_the_untiled_decode(tmp_path
     assert tiled and all(x["tiles"] > 1 and x["max_abs_diff"][0] > 0 for x in tiled)
     assert all(x["passes_gate"] == (x["psnr_min_db"] >= r["gate_db"]) for x in tiled)
     assert all(x["peak_rss_mb"][0] > 0 for x in tiny["rows"])
+
+
+def test_graph_memory_benchmark_profiles_each_setting(random_tiny, tmp_path):
+    out = tmp_path / "graph_memory.json"
+    proc = _bench("graph_memory.py", "--models", random_tiny, "--settings", "runtime,pre-optimised", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())
+    assert [x["setting"] for x in r["runs"]] == ["runtime", "pre-optimised"]
+    assert all(x["peak_rss_mb"] >= x["rss_after_load_mb"] > 0 and x["call_s"] > 0 for x in r["runs"])
+    p = r["runs"][0]["profile"]
+    assert p["peak_node"] and p["blocks"] and p["live_at_peak"]
+    assert any(b["block"].startswith("/decoder/up_blocks") for b in p["blocks"])
+
+
+def test_graph_memory_keeps_a_reshaped_buffer_alive_until_its_alias_is_used():
+    """ONNX Runtime's Reshape shares its input's buffer: the buffer is alive until the Reshape's
+    output is last read, not freed at the Reshape."""
+    from onnx import helper
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.graph_memory import live_tensors
+
+    mb = 2**20
+    order = [(helper.make_node("Conv", ["x", "w"], ["a"], name="conv"), 4 * mb),
+             (helper.make_node("Reshape", ["a", "s"], ["r"], name="reshape"), 4 * mb),
+             (helper.make_node("Relu", ["x"], ["b"], name="relu"), 2 * mb),
+             (helper.make_node("Add", ["b", "r"], ["c"], name="add"), 2 * mb)]
+    at_relu = live_tensors(order, 2)
+    assert set(at_relu) == {"a", "b"} and at_relu["a"][0] == 4
+    assert set(live_tensors(order, 3)) == {"a", "b", "c"}

@@ -1,0 +1,230 @@
+"""Where one graph's memory goes in ONNX Runtime, and what the session settings change.
+
+    .venv/bin/python benchmarks/graph_memory.py --models DIR [--precision fp32] [--graph vae_decoder]
+                                                [--json benchmarks/results/graph_memory.json]
+
+Each setting runs in a process of its own (RSS is per process): the session, a first call with
+the RSS sampled every 2 ms and ONNX Runtime's profiler on (the call that grows the arena), then a
+second call, timed. Settings:
+
+* ``runtime``: the runtime's own session options (``session.SessionConfig()``: all optimisations
+  applied at load, CPU arena on, no memory patterns);
+* ``no arena``: what ``--low-memory`` changes;
+* ``pre-optimised``: the graph optimised once with the same level, saved, and loaded with
+  optimisations off, so that no copy of the weights made before the layout change is left;
+* ``extended``: optimisations without the NCHWc layout (ORT_ENABLE_EXTENDED).
+
+Per setting: the RSS after the session's creation, the peak RSS of the call and its seconds. For
+``runtime`` also the profile: the node that runs at the peak, how much each block of the network
+raises the highest RSS so far (node names up to the block: ``/decoder/up_blocks.3/resnets.0``) and the largest
+tensors alive at the peak (the profiler's output sizes, freed after their last consumer in the
+order ONNX Runtime ran them).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.inputs import unet_feed, vae_feed  # noqa: E402
+from benchmarks.machine_info import describe  # noqa: E402
+from moebius_edge import contract  # noqa: E402
+from moebius_edge.models import open_models  # noqa: E402
+
+SETTINGS = ("runtime", "no arena", "pre-optimised", "extended")
+SAMPLE_S = 0.002
+TOP = 6  # blocks and live tensors in the table
+PEAK_SLACK_MB = 8
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _feed(models, spec: contract.GraphSpec) -> dict:
+    if spec is contract.UNET:
+        return unet_feed(models.latent_size)
+    return vae_feed(spec, models.image_size, 0)
+
+
+def _options(setting: str, tmp: Path, path: Path):
+    """(SessionOptions, graph file to load) for a setting."""
+    import onnxruntime as ort
+
+    from moebius_edge.session import SessionConfig, _session_options
+
+    so = _session_options(SessionConfig(provider="cpu", low_memory=setting == "no arena"))
+    if setting == "extended":
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    if setting == "pre-optimised":
+        pre = _session_options(SessionConfig(provider="cpu"))
+        pre.optimized_model_filepath = str(tmp / "optimised.onnx")
+        ort.InferenceSession(str(path), pre, providers=["CPUExecutionProvider"])
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return so, tmp / "optimised.onnx"
+    if setting == "runtime":
+        so.enable_profiling = True
+        so.profile_file_prefix = str(tmp / "profile")
+        so.optimized_model_filepath = str(tmp / "ran.onnx")  # names of the nodes the profile times
+    return so, path
+
+
+def _child(models_dir: str, precision: str, graph: str, setting: str) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    models = open_models(models_dir, precision)
+    spec = next(g for g in contract.GRAPHS if g.key == graph)
+    feed = {k: np.asarray(v) for k, v in _feed(models, spec).items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        so, path = _options(setting, tmp, models.graph_path(spec))
+        base = _rss_mb()
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        loaded = _rss_mb()
+        # The first call is the one that grows the arena, so it is the one sampled; the second is timed.
+        samples, done = [], threading.Event()
+
+        def sample():
+            while not done.is_set():
+                samples.append((time.perf_counter(), _rss_mb()))
+                time.sleep(SAMPLE_S)
+
+        th = threading.Thread(target=sample)
+        t0 = time.perf_counter()
+        samples.append((t0, _rss_mb()))
+        th.start()
+        sess.run(None, feed)
+        done.set()
+        th.join()
+        samples.append((time.perf_counter(), _rss_mb()))  # a call shorter than one sampling period
+        t = time.perf_counter()
+        sess.run(None, feed)
+        seconds = time.perf_counter() - t
+        out = {"setting": setting, "rss_start_mb": base, "rss_after_load_mb": loaded, "peak_rss_mb": max(v for _, v in samples), "call_s": seconds}
+        if setting == "runtime":
+            out["profile"] = _profile(sess.end_profiling(), tmp / "ran.onnx", samples, t0)
+    return out
+
+
+def _block(name: str) -> str | None:
+    """``/decoder/up_blocks.3/resnets.0`` for the nodes of that block (up to 3 levels, without the op
+    and ONNX Runtime's fusion suffixes); None for a name without a path."""
+    parts = [p for p in name.split("/") if p and "Fusion" not in p][:-1][:3]
+    return "/" + "/".join(parts) if parts else None
+
+
+def live_tensors(order: list, stop: int) -> dict:
+    """{tensor: (MB, op, node)} alive while ``order[stop]`` runs, ``order`` being [(NodeProto, output
+    bytes)] in the order ONNX Runtime ran them. A tensor lives from its node to its last consumer;
+    ONNX Runtime's Reshape hands on its input's buffer, so that buffer lives until the last use of
+    any of its aliases, and the Reshape adds nothing."""
+    root, last_use = {}, {}
+    for i, (node, _) in enumerate(order):
+        for x in node.input:
+            last_use[root.get(x, x)] = i
+        if node.op_type == "Reshape":
+            root[node.output[0]] = root.get(node.input[0], node.input[0])
+    live = {}
+    for i, (node, size) in enumerate(order[:stop + 1]):
+        if node.op_type != "Reshape":
+            live[node.output[0]] = (size / 2**20, node.op_type, node.name)
+        if i < stop:
+            for x in {root.get(x, x) for x in node.input}:
+                if last_use.get(x) == i:
+                    live.pop(x, None)
+    return live
+
+
+def _profile(trace_file: str, ran: Path, samples: list, t0: float) -> dict:
+    """The sampled call's nodes against its RSS samples; the tensors alive at the peak."""
+    import onnx
+
+    events = json.loads(Path(trace_file).read_text())
+    first = next(e for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
+    start, end = first["ts"], first["ts"] + first["dur"]
+    nodes = [e for e in events
+             if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and start <= e["ts"] <= end]
+    graph = {n.name: n for n in onnx.load(str(ran), load_external_data=False).graph.node}
+    peak = max(v for _, v in samples)
+    # The arena keeps what it took, so RSS stays at its top: the peak is where it first gets there.
+    peak_t = next(t for t, v in samples if v >= peak - PEAK_SLACK_MB)
+    blocks, block, peak_node, order = {}, "(graph inputs)", None, []
+    top = samples[0][1]  # the highest RSS so far: what each block adds to it is its growth
+    for e in nodes:
+        name = e["name"][:-len("_kernel_time")]
+        s, f = (e["ts"] - start) / 1e6, (e["ts"] - start + e["dur"]) / 1e6
+        block = _block(name) or block  # layout nodes (ReorderInput_token_...) belong to the block they serve
+        rss = [v for t, v in samples if s <= t - t0 <= f]
+        b = blocks.setdefault(block, {"block": block, "seconds": 0.0, "growth_mb": 0.0, "peak_rss_mb": 0.0})
+        b["seconds"] += e["dur"] / 1e6
+        if rss:
+            b["peak_rss_mb"] = max(b["peak_rss_mb"], max(rss))
+            b["growth_mb"] += max(0.0, max(rss) - top)
+            top = max(top, max(rss))
+        if peak_node is None and peak_t - t0 <= f:
+            peak_node = (name, e["args"].get("op_name"), block)
+        if name in graph:
+            order.append((graph[name], int(e["args"].get("output_size", 0))))
+    stop = next((i for i, (n, _) in enumerate(order) if peak_node and n.name == peak_node[0]), len(order) - 1)
+    live = live_tensors(order, stop)
+    largest = sorted(live.values(), reverse=True)[:TOP]
+    return {"peak_rss_mb": peak, "peak_node": peak_node[0] if peak_node else None,
+            "peak_op": peak_node[1] if peak_node else None, "peak_block": peak_node[2] if peak_node else None,
+            "live_at_peak": [{"mb": mb, "op": op, "node": n} for mb, op, n in largest],
+            "live_at_peak_mb": sum(mb for mb, _, _ in live.values()),
+            "blocks": sorted(blocks.values(), key=lambda b: -b["growth_mb"])}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", required=True)
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--graph", default=contract.VAE_DECODER.key, choices=[g.key for g in contract.GRAPHS])
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "graph_memory.json"))
+    ap.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {', '.join(SETTINGS)}")
+    ap.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if not Path("/proc/self/statm").is_file():
+        raise SystemExit("graph_memory.py samples /proc/self/statm: it runs on Linux only")
+    unknown = set(args.settings.split(",")) - set(SETTINGS)
+    if unknown:
+        ap.error(f"unknown settings {sorted(unknown)}; choose from {', '.join(SETTINGS)}")
+    if args.child:
+        print(json.dumps(_child(args.models, args.precision, args.graph, args.child)))
+        return 0
+    models = open_models(args.models, args.precision)
+    runs = []
+    for setting in args.settings.split(","):
+        proc = subprocess.run([sys.executable, __file__, "--models", args.models, "--precision", args.precision,
+                               "--graph", args.graph, "--child", setting], capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"{setting}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'failed'}")
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    result = {"benchmark": "graph_memory", "machine": describe(), "graph": args.graph, "precision": args.precision,
+              "models_provenance": models.provenance, "image_side": models.image_size, "runs": runs}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.json}\n")
+    for r in runs:
+        print(f"{r['setting']:<14} after load {r['rss_after_load_mb']:,.0f} MB, call peak {r['peak_rss_mb']:,.0f} MB, "
+              f"{r['call_s']:.2f} s")
+    p = next((r["profile"] for r in runs if "profile" in r), None)
+    if p:
+        print(f"\npeak in {p['peak_block']} ({p['peak_op']} {p['peak_node']}); live there: "
+              + ", ".join(f"{x['op']} {x['mb']:.0f} MB" for x in p["live_at_peak"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
