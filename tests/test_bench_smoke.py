@@ -205,10 +205,10 @@ def test_vae_tiling_benchmark_measures_tiles_against_the_untiled_decode(tmp_path
 
 def test_graph_memory_benchmark_profiles_each_setting(random_tiny, tmp_path):
     out = tmp_path / "graph_memory.json"
-    proc = _bench("graph_memory.py", "--models", random_tiny, "--settings", "runtime,pre-optimised", "--json", out)
+    proc = _bench("graph_memory.py", "--models", random_tiny, "--settings", "runtime,untrimmed", "--json", out)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
-    assert [x["setting"] for x in r["runs"]] == ["runtime", "pre-optimised"]
+    assert [x["setting"] for x in r["runs"]] == ["runtime", "untrimmed"]
     assert all(x["peak_rss_mb"] >= x["rss_after_load_mb"] > 0 and x["call_s"] > 0 for x in r["runs"])
     p = r["runs"][0]["profile"]
     assert p["peak_node"] and p["blocks"] and p["live_at_peak"]
