@@ -15,7 +15,9 @@ second call, timed. Settings:
   optimisations off, so that no copy of the weights made before the layout change is left;
 * ``extended``: optimisations without the NCHWc layout (ORT_ENABLE_EXTENDED).
 
-Per setting: the RSS after the session's creation, the peak RSS of the call and its seconds. For
+Per setting: the RSS after the session's creation, the peak RSS of the call and its seconds, as
+medians and ranges over ``--repeats`` processes (the RSS a session is left with after its creation
+differs from process to process). For
 ``runtime`` also the profile: the node that runs at the peak, how much each block of the network
 raises the highest RSS so far (node names up to the block: ``/decoder/up_blocks.3/resnets.0``) and the largest
 tensors alive at the peak (the profiler's output sizes, freed after their last consumer in the
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -190,6 +193,18 @@ def _profile(trace_file: str, ran: Path, samples: list, t0: float) -> dict:
             "blocks": sorted(blocks.values(), key=lambda b: -b["growth_mb"])}
 
 
+def _summary(setting: str, rs: list) -> dict:
+    """One setting over its processes: the medians, the ranges, and the first process's profile."""
+    out = {"setting": setting, "processes": rs}
+    for key in ("rss_after_load_mb", "peak_rss_mb", "call_s"):
+        values = [r[key] for r in rs]
+        out[key] = statistics.median(values)
+        out[f"{key}_range"] = [min(values), max(values)]
+    if "profile" in rs[0]:
+        out["profile"] = rs[0]["profile"]
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", required=True)
@@ -197,6 +212,7 @@ def main(argv=None) -> int:
     ap.add_argument("--graph", default=contract.VAE_DECODER.key, choices=[g.key for g in contract.GRAPHS])
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "graph_memory.json"))
     ap.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {', '.join(SETTINGS)}")
+    ap.add_argument("--repeats", type=int, default=1, help="processes per setting (RSS after load varies by process)")
     ap.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not Path("/proc/self/statm").is_file():
@@ -208,21 +224,25 @@ def main(argv=None) -> int:
         print(json.dumps(_child(args.models, args.precision, args.graph, args.child)))
         return 0
     models = open_models(args.models, args.precision)
-    runs = []
-    for setting in args.settings.split(","):
-        proc = subprocess.run([sys.executable, __file__, "--models", args.models, "--precision", args.precision,
-                               "--graph", args.graph, "--child", setting], capture_output=True, text=True)
-        if proc.returncode:
-            raise SystemExit(f"{setting}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'failed'}")
-        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    runs = {s: [] for s in args.settings.split(",")}
+    for _ in range(args.repeats):  # round-robin: a slow spell of the machine hits every setting alike
+        for setting in runs:
+            proc = subprocess.run([sys.executable, __file__, "--models", args.models, "--precision", args.precision,
+                                   "--graph", args.graph, "--child", setting], capture_output=True, text=True)
+            if proc.returncode:
+                raise SystemExit(f"{setting}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'failed'}")
+            runs[setting].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    runs = [_summary(setting, rs) for setting, rs in runs.items()]
     result = {"benchmark": "graph_memory", "machine": describe(), "graph": args.graph, "precision": args.precision,
-              "models_provenance": models.provenance, "image_side": models.image_size, "runs": runs}
+              "models_provenance": models.provenance, "image_side": models.image_size, "repeats": args.repeats,
+              "runs": runs}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.json}\n")
     for r in runs:
-        print(f"{r['setting']:<14} after load {r['rss_after_load_mb']:,.0f} MB, call peak {r['peak_rss_mb']:,.0f} MB, "
-              f"{r['call_s']:.2f} s")
+        lo, hi = r["peak_rss_mb_range"]
+        print(f"{r['setting']:<14} after load {r['rss_after_load_mb']:,.0f} MB, call peak {r['peak_rss_mb']:,.0f} MB "
+              f"({lo:,.0f}–{hi:,.0f}), {r['call_s']:.2f} s")
     p = next((r["profile"] for r in runs if "profile" in r), None)
     if p:
         print(f"\npeak in {p['peak_block']} ({p['peak_op']} {p['peak_node']}); live there: "

@@ -234,12 +234,19 @@ def encode_batch(r: dict) -> str:
 
 
 def graph_memory(r: dict) -> str:
-    lines = [f"One call of the {r['precision']} `{r['graph']}` at {r['image_side']}², each session setting in a process "
-             f"of its own, RSS sampled every 2 ms through the call that grows the arena (`benchmarks/graph_memory.py`; "
-             f"{_machine_line(r['machine'])}):", "",
+    n = r.get("repeats", 1)
+    lines = [f"One call of the {r['precision']} `{r['graph']}` at {r['image_side']}², each session setting in "
+             f"{'a process of its own' if n == 1 else f'{n} processes of its own, taken in turn (medians, min–max)'}, "
+             "RSS sampled every 2 ms through the call that grows the arena (`benchmarks/graph_memory.py"
+             f"{f' --repeats {n}' if n > 1 else ''}`; {_machine_line(r['machine'])}):", "",
              "| setting | RSS after load MB | peak RSS of the call MB | call s |", "|---|---|---|---|"]
-    lines += [f"| {x['setting']} | {x['rss_after_load_mb']:,.0f} | {x['peak_rss_mb']:,.0f} | {x['call_s']:.2f} |"
-              for x in r["runs"]]
+
+    def cell(x, key, fmt):
+        lo, hi = x.get(f"{key}_range", (x[key], x[key]))
+        return format(x[key], fmt) + (f" ({lo:{fmt}}–{hi:{fmt}})" if n > 1 and lo != hi else "")
+
+    lines += [f"| {x['setting']} | {cell(x, 'rss_after_load_mb', ',.0f')} | {cell(x, 'peak_rss_mb', ',.0f')} | "
+              f"{cell(x, 'call_s', '.2f')} |" for x in r["runs"]]
     p = next((x["profile"] for x in r["runs"] if "profile" in x), None)
     if p:
         live = ", ".join(f"{x['op']} {x['mb']:,.0f} MB" for x in p["live_at_peak"])
