@@ -15,6 +15,8 @@ second call, timed. Settings:
   optimisations off, so that no copy of the weights made before the layout change is left;
 * ``extended``: optimisations without the NCHWc layout (ORT_ENABLE_EXTENDED).
 
+(The ``runtime`` setting's calls run under the profiler: a little slower than the runtime's.)
+
 Per setting: the RSS after the session's creation, the peak RSS of the call and its seconds, as
 medians and ranges over ``--repeats`` processes (the RSS a session is left with after its creation
 differs from process to process). For
@@ -118,7 +120,8 @@ def _child(models_dir: str, precision: str, graph: str, setting: str) -> dict:
         t = time.perf_counter()
         sess.run(None, feed)
         seconds = time.perf_counter() - t
-        out = {"setting": setting, "rss_start_mb": base, "rss_after_load_mb": loaded, "peak_rss_mb": max(v for _, v in samples), "call_s": seconds}
+        out = {"setting": setting, "rss_start_mb": base, "rss_after_load_mb": loaded,
+               "peak_rss_mb": max(v for _, v in samples), "call_s": seconds}
         if setting == "runtime":
             out["profile"] = _profile(sess.end_profiling(), tmp / "ran.onnx", samples, t0)
     return out
@@ -230,10 +233,11 @@ def main(argv=None) -> int:
             proc = subprocess.run([sys.executable, __file__, "--models", args.models, "--precision", args.precision,
                                    "--graph", args.graph, "--child", setting], capture_output=True, text=True)
             if proc.returncode:
-                raise SystemExit(f"{setting}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'failed'}")
+                last = proc.stderr.strip().splitlines()[-1:] or ["failed"]
+                raise SystemExit(f"{setting}: {last[0]}")
             runs[setting].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     runs = [_summary(setting, rs) for setting, rs in runs.items()]
-    result = {"benchmark": "graph_memory", "machine": describe(), "graph": args.graph, "precision": args.precision,
+    result = {"benchmark": "graph_memory", "machine": describe(), "network": args.graph, "variant": args.precision,
               "models_provenance": models.provenance, "image_side": models.image_size, "repeats": args.repeats,
               "runs": runs}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

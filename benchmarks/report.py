@@ -235,7 +235,7 @@ def encode_batch(r: dict) -> str:
 
 def graph_memory(r: dict) -> str:
     n = r.get("repeats", 1)
-    lines = [f"One call of the {r['precision']} `{r['graph']}` at {r['image_side']}², each session setting in "
+    lines = [f"One call of the {r['variant']} `{r['network']}` at {r['image_side']}², each session setting in "
              f"{'a process of its own' if n == 1 else f'{n} processes of its own, taken in turn (medians, min–max)'}, "
              "RSS sampled every 2 ms through the call that grows the arena (`benchmarks/graph_memory.py"
              f"{f' --repeats {n}' if n > 1 else ''}`; {_machine_line(r['machine'])}):", "",
