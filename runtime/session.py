@@ -177,8 +177,8 @@ class GraphSession:
             self.provider = sess.get_providers()[0]
             # Optimising the graph at load leaves the weights' pre-layout copies freed but kept by
             # glibc, and the first call's arena grows beside them instead of in them (512² fp32 VAE
-            # decoder: RSS after load 435–590 → 246 MB, peak of the call 1,435–1,600 → 1,311 MB;
-            # benchmarks/graph_memory.py). Costs milliseconds.
+            # decoder, 3 processes each: RSS after load 446–590 → 262 MB, peak of the call
+            # 1,344–1,488 → 1,321 MB; benchmarks/graph_memory.py). Costs milliseconds.
             release_memory()
             self.load_seconds += time.perf_counter() - t
         return self._session

@@ -58,7 +58,7 @@ def test_golden_case_matches_the_official_pipeline(inpainter, golden):
 def test_each_phase_hands_its_memory_back(inpainter, golden, monkeypatch):
     """Encode, denoise and decode each give the freed heap back after creating their session and
     after dropping it (glibc keeps it otherwise: at 512² the int8 run's decode peaked 170 MB higher,
-    benchmarks/pipeline.py, and the fp32 decoder's call 120–290 MB higher, benchmarks/graph_memory.py)."""
+    benchmarks/pipeline.py, and the fp32 decoder's call up to 170 MB higher, benchmarks/graph_memory.py)."""
     from moebius_edge import session
 
     calls = []
