@@ -7,7 +7,8 @@ docs/mobile.md (``DOCUMENTS``) and is rebuilt by the renderer of that name below
 ``benchmarks/results/NAME.json``. ``--check`` exits 1 when a document differs from what the JSON
 gives (a test runs it). Without ``--check`` it also draws docs/figures/pipeline.png from
 ``benchmarks/results/pipeline.json`` (matplotlib, the ``bench`` extra); ``--check`` leaves the
-figure alone (its bytes depend on matplotlib's version).
+figure alone (its bytes depend on matplotlib's version), and prints the performance targets' table
+(``TARGETS``: met or missed, and where a miss is profiled), the last thing ``make bench`` shows.
 """
 from __future__ import annotations
 
@@ -409,12 +410,65 @@ def pipeline(r: dict) -> str:
     return "\n".join(lines)
 
 
+# Issue 12's targets for a 512² inpainting, checked against benchmarks/results/pipeline.json (whose first
+# run is PyTorch eager): (what, configuration, measure, bound, where a miss is profiled). A measure is
+# "vs torch" (at least the bound), "peak RSS MB" or "UNet session s" (at most the bound). Runs of the
+# same configuration from another models folder (``int8@DIR``: an opt-in variant) are listed under it.
+TARGETS = (
+    ("whole inpainting, int8", "int8", "vs torch", 2.5, "`benchmarks/int8_profile.py`"),
+    ("whole inpainting, int8 (stretch)", "int8", "vs torch", 3.0, "`benchmarks/int8_profile.py`"),
+    ("whole inpainting, fp32", "fp32", "vs torch", 2.0, "`benchmarks/graph_step.py`: each network alone"),
+    ("peak RSS, fp32", "fp32", "peak RSS MB", 2000, "`benchmarks/graph_memory.py`"),
+    ("peak RSS, int8", "int8", "peak RSS MB", 1200, "`benchmarks/graph_memory.py`: the FP32 decoder"),
+    ("int8 UNet session start", "int8", "UNet session s", 3.0, "`benchmarks/pipeline.py`: load s"),
+    ("peak RSS, low-memory mode with int8", "int8-low-memory", "peak RSS MB", 800,
+     "`benchmarks/graph_memory.py --precision int8`: the decoder"),
+)
+
+
+def _measure(run: dict, measure: str) -> float:
+    return {"vs torch": lambda: run["speedup_vs_first"], "peak RSS MB": lambda: run["peak_rss_mb"],
+            "UNet session s": lambda: run["seconds"]["unet_load"]}[measure]()
+
+
+def target_rows(r: dict) -> list:
+    """One row per target and run of its configuration: (target, bound, run label, value, met), with
+    value and met None where the run has no such configuration."""
+    rows = []
+    for what, config, measure, bound, _ in TARGETS:
+        runs = [run for run in r["runs"] if run["config"].partition("@")[0] == config]
+        for run in runs or [None]:
+            value = None if run is None else _measure(run, measure)
+            met = None if value is None else (value >= bound if measure == "vs torch" else value <= bound)
+            rows.append((what, measure, bound, _pipeline_label(run) if run else config, value, met))
+    return rows
+
+
+def targets(r: dict) -> str:
+    baseline = _pipeline_label(r["runs"][0])
+    lines = [f"The performance targets against the pipeline table above (`benchmarks/pipeline.py`; the ratios are "
+             f"against {baseline} in the same run; a configuration with a folder in brackets is an opt-in "
+             "variant). A missed target names the benchmark that profiles it:", "",
+             "| target | bound | configuration | measured | verdict |", "|---|---|---|---|---|"]
+    where = {what: w for what, *_, w in TARGETS}
+    for what, measure, bound, label, value, met in target_rows(r):
+        sign = "≥" if measure == "vs torch" else "≤"
+        unit = {"vs torch": "x", "peak RSS MB": " MB", "UNet session s": " s"}[measure]
+        fmt = {"vs torch": ".2f", "peak RSS MB": ",.0f", "UNet session s": ".1f"}[measure]
+        shown = "not in this run" if value is None else f"{value:{fmt}}{unit}"
+        verdict = "not measured" if met is None else ("met" if met else f"missed; profile: {where[what]}")
+        lines.append(f"| {what} | {sign} {bound:{fmt}}{unit} | {label} | {shown} | {verdict} |")
+    return "\n".join(lines)
+
+
 RENDERERS = {"thin_strokes": thin_strokes, "quantize_fp16": quantize_fp16, "quantize_int8": quantize_int8,
              "scale": scale, "bundle_rewrites": bundle_rewrites, "int8_profile": int8_profile,
              "graph_step": graph_step, "pipeline": pipeline, "bundle": bundle, "bundle_memory": bundle_memory,
              "bundle_parity": bundle_parity, "photo_size": photo_size,
              "export_full": export_full, "encode_batch": encode_batch, "vae_tiling": vae_tiling,
-             "graph_memory": graph_memory}
+             "graph_memory": graph_memory, "targets": targets}
+# Renderers whose JSON is another's (block name -> results file name).
+SOURCES = {"targets": "pipeline"}
 # The files that hold measured tables.
 DOCUMENTS = (README, ROOT / "docs" / "mobile.md")
 FIGURE = ROOT / "docs" / "figures" / "pipeline.png"
@@ -463,7 +517,7 @@ def pipeline_figure(r: dict, path: Path = FIGURE) -> None:
 
 def render(text: str) -> str:
     for name, fn in RENDERERS.items():
-        path = RESULTS / f"{name}.json"
+        path = RESULTS / f"{SOURCES.get(name, name)}.json"
         if not path.is_file():
             continue
         block = fn(json.loads(path.read_text()))
@@ -494,6 +548,7 @@ def main(argv=None) -> int:
     print(f"tables rewritten in {', '.join(map(str, stale))}" if stale else "tables already up to date")
     source = RESULTS / "pipeline.json"
     if source.is_file():
+        print("\n" + targets(json.loads(source.read_text())) + "\n")  # last of `make bench`: the verdicts
         try:
             pipeline_figure(json.loads(source.read_text()))
         except ImportError:
