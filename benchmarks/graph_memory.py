@@ -7,10 +7,14 @@ Each setting runs in a process of its own (RSS is per process): the session, a f
 the RSS sampled every 2 ms and ONNX Runtime's profiler on (the call that grows the arena), then a
 second call, timed. Settings:
 
-* ``runtime``: what ``GraphSession`` does: the runtime's session options (``SessionConfig()``: all
-  optimisations applied at load, CPU arena on, no memory patterns), then ``release_memory()``;
-* ``untrimmed``: the same without ``release_memory()`` after the session's creation;
-* ``no arena``: what ``--low-memory`` changes;
+* ``runtime``: what ``GraphSession`` does for this graph: the runtime's session options
+  (``SessionConfig()``: all optimisations applied at load, no memory patterns, the CPU arena as
+  ``session.NO_ARENA`` says), then ``release_memory()``;
+* ``low-memory``: what it does with ``--low-memory`` (``NO_ARENA``'s low-memory graphs, and glibc
+  mapping large blocks: ``session.map_large_blocks``);
+* ``arena`` and ``no arena``: the runtime's options with ORT's CPU arena on, or off;
+and, each the runtime's options changed in one thing:
+* ``untrimmed``: without ``release_memory()`` after the session's creation;
 * ``pre-optimised``: the graph optimised once with the same level, saved, and loaded with
   optimisations off, so that no copy of the weights made before the layout change is left;
 * ``extended``: optimisations without the NCHWc layout (ORT_ENABLE_EXTENDED).
@@ -47,7 +51,7 @@ from moebius_edge import contract  # noqa: E402
 from moebius_edge.models import open_models  # noqa: E402
 from moebius_edge.session import release_memory  # noqa: E402
 
-SETTINGS = ("runtime", "untrimmed", "no arena", "pre-optimised", "extended")
+SETTINGS = ("runtime", "low-memory", "arena", "no arena", "untrimmed", "pre-optimised", "extended")
 SAMPLE_S = 0.002
 TOP = 6  # blocks and live tensors in the table
 PEAK_SLACK_MB = 8
@@ -64,17 +68,22 @@ def _feed(models, spec: contract.GraphSpec) -> dict:
     return vae_feed(spec, models.image_size, 0)
 
 
-def _options(setting: str, tmp: Path, path: Path):
+def _options(setting: str, tmp: Path, path: Path, graph: str):
     """(SessionOptions, graph file to load) for a setting."""
     import onnxruntime as ort
 
-    from moebius_edge.session import SessionConfig, _session_options
+    from moebius_edge.session import SessionConfig, _session_options, map_large_blocks
 
-    so = _session_options(SessionConfig(provider="cpu", low_memory=setting == "no arena"))
+    low_memory = setting == "low-memory"
+    if low_memory:
+        map_large_blocks()
+    so = _session_options(SessionConfig(provider="cpu", low_memory=low_memory), graph)
+    if setting in ("arena", "no arena"):
+        so.enable_cpu_mem_arena = setting == "arena"
     if setting == "extended":
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     if setting == "pre-optimised":
-        pre = _session_options(SessionConfig(provider="cpu"))
+        pre = _session_options(SessionConfig(provider="cpu"), graph)
         pre.optimized_model_filepath = str(tmp / "optimised.onnx")
         ort.InferenceSession(str(path), pre, providers=["CPUExecutionProvider"])
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -95,7 +104,7 @@ def _child(models_dir: str, precision: str, graph: str, setting: str) -> dict:
     feed = {k: np.asarray(v) for k, v in _feed(models, spec).items()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        so, path = _options(setting, tmp, models.graph_path(spec))
+        so, path = _options(setting, tmp, models.graph_path(spec), spec.key)
         base = _rss_mb()
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         if setting != "untrimmed":

@@ -83,7 +83,7 @@ class SessionConfig:
 
     provider: str | tuple = "auto"  # a contract.PROVIDER_CHOICES entry, or a tuple of provider names in order
     threads: int = 0  # intra-op threads; 0 lets ONNX Runtime choose (one per physical core)
-    low_memory: bool = False  # no CPU memory arena: slower, smaller
+    low_memory: bool = False  # the smallest peak: no arena for the VAE graphs, large buffers mapped (below)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,7 +105,45 @@ def release_memory() -> None:
         pass
 
 
-def _session_options(config: SessionConfig):
+# ONNX Runtime's CPU arena grows by regions that double in size and keeps them until its session
+# goes. The VAE at 512² computes on tensors of 64-256 MB, so its arena ends near twice what the
+# graph holds at once; without it each tensor is its own mapping, paid for in page faults. The UNet
+# at 64² computes on tensors of a few MB, which its arena reuses, and which without it stay in
+# pieces in glibc's heap. Measured (512², benchmarks/pipeline.py, 2026-12-06; the README's tables):
+# * the VAE decoder without its arena: the int8 run's peak (its decode) 1,361 -> 1,108 MB, the
+#   decode 9.4 -> 11.5 s; so the decoder never has one;
+# * the VAE encoder's phase is below the UNet's or the decoder's either way; it keeps its arena,
+#   except in low-memory mode (encode peak 766 -> 622-709 MB);
+# * the int8 UNet without its arena, in low-memory mode: denoise peak 750-870 MB against 490-589
+#   with it, and slower; so the UNet always keeps it.
+NO_ARENA = {False: (contract.VAE_DECODER.key,), True: (contract.VAE_DECODER.key, contract.VAE_ENCODER.key)}
+# Low-memory mode: glibc serves every block of at least this size with a mapping of its own,
+# returned to the system when the block is freed (M_MMAP_THRESHOLD). Its default threshold rises
+# to 32 MiB once large blocks are freed, and the blocks below it stay in the heap in pieces that
+# malloc_trim cannot give back: with the int8 VAE, the low-memory run's peak falls from 852-859 to
+# 738 MB (decode) and its denoise peak from 551-589 to 490 MB, for 2-3 s more per inpainting.
+LOW_MEMORY_MMAP_THRESHOLD = 1 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+
+
+def map_large_blocks(threshold: int = LOW_MEMORY_MMAP_THRESHOLD) -> bool:
+    """Have glibc map every block of ``threshold`` bytes or more on its own (see above). It is
+    process-wide and stays set (glibc then stops moving the threshold), so only low-memory mode
+    asks for it. False where there is no glibc ``mallopt`` (macOS, musl, Windows)."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):
+        return False
+
+
+def uses_arena(config: SessionConfig, graph: str) -> bool:
+    """Whether the session of ``graph`` (a contract graph key) gets ONNX Runtime's CPU arena."""
+    return graph not in NO_ARENA[bool(config.low_memory)]
+
+
+def _session_options(config: SessionConfig, graph: str = ""):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -117,26 +155,26 @@ def _session_options(config: SessionConfig):
     # with them and 1.4 GB without, the encoder 1.35 and 0.97 GB, the UNet the same either way; no
     # time difference beyond the machine's noise).
     so.enable_mem_pattern = False
-    if config.low_memory:
-        so.enable_cpu_mem_arena = False
+    so.enable_cpu_mem_arena = uses_arena(config, graph)
     so.log_severity_level = 3  # ORT's own warnings (e.g. unused initializers) are not the user's concern
     return so
 
 
-def create_session(path: Path, config: SessionConfig, label: str = ""):
-    """An InferenceSession on the best available provider, retried on CPU if that one fails."""
+def create_session(path: Path, config: SessionConfig, label: str = "", graph: str = ""):
+    """An InferenceSession on the best available provider, retried on CPU if that one fails;
+    ``graph`` (a contract graph key) picks its memory settings."""
     import onnxruntime as ort
 
     chain = resolve_providers(config.provider)
     label = label or path.name
     try:
-        sess = ort.InferenceSession(str(path), sess_options=_session_options(config), providers=chain)
+        sess = ort.InferenceSession(str(path), sess_options=_session_options(config, graph), providers=chain)
     except Exception as e:  # noqa: BLE001 - any EP failure (missing CUDA libs, CoreML compile) -> CPU
         if chain == [PROVIDERS["cpu"]]:
             raise UserError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0]}") from None
         log.warning("%s: %s failed (%s); falling back to CPU", label, chain[0], str(e).splitlines()[0])
         try:
-            sess = ort.InferenceSession(str(path), sess_options=_session_options(config),
+            sess = ort.InferenceSession(str(path), sess_options=_session_options(config, graph),
                                         providers=[PROVIDERS["cpu"]])
         except Exception as e2:  # noqa: BLE001
             raise UserError(f"onnxruntime cannot load {path}: {str(e2).splitlines()[0]}") from None
@@ -170,7 +208,9 @@ class GraphSession:
     def session(self):
         if self._session is None:
             t = time.perf_counter()
-            sess = create_session(self.path, self.config, label=self.spec.key)
+            if self.config.low_memory:
+                map_large_blocks()
+            sess = create_session(self.path, self.config, label=self.spec.key, graph=self.spec.key)
             self._check_metadata(sess)
             self._check_declared(sess)
             self._session = sess

@@ -88,7 +88,7 @@ class ActorSettings:
     precision: str  # graph variant
     provider: str  # contract.PROVIDER_CHOICES entry: "cpu", or "cuda" (CPU where absent) when the actor has GPUs
     threads: int  # ONNX Runtime intra-op threads (and OpenCV's): the actor's CPUs
-    low_memory: bool  # no ORT memory arena
+    low_memory: bool  # the runtime's low-memory mode (session.NO_ARENA, map_large_blocks)
     max_pixels: float  # larger photos and masks are refused
     models_sha: str  # what the driver fingerprinted; an actor seeing other graphs refuses to start
 

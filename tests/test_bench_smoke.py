@@ -205,11 +205,11 @@ def test_vae_tiling_benchmark_measures_tiles_against_the_untiled_decode(tmp_path
 
 def test_graph_memory_benchmark_profiles_each_setting(random_tiny, tmp_path):
     out = tmp_path / "graph_memory.json"
-    proc = _bench("graph_memory.py", "--models", random_tiny, "--settings", "runtime,untrimmed", "--repeats", "2",
+    proc = _bench("graph_memory.py", "--models", random_tiny, "--settings", "runtime,low-memory", "--repeats", "2",
                   "--json", out)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
-    assert [x["setting"] for x in r["runs"]] == ["runtime", "untrimmed"]
+    assert [x["setting"] for x in r["runs"]] == ["runtime", "low-memory"]
     for x in r["runs"]:
         assert len(x["processes"]) == 2 and x["call_s"] > 0
         assert all(p["peak_rss_mb"] >= p["rss_after_load_mb"] > 0 for p in x["processes"])

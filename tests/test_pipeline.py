@@ -211,6 +211,67 @@ def test_low_memory_and_threads(tiny_models_dir, golden):
     assert np.abs(out.astype(int) - golden["output_u8"]).max() <= 1
 
 
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_each_graph_gets_its_memory_settings(tiny_models_dir, golden, monkeypatch, low_memory):
+    """The arena per graph and mode (session.NO_ARENA): the VAE decoder never has one, the encoder only
+    outside low-memory mode, the UNet always; low-memory mode also has glibc map large blocks, before
+    the first session is created."""
+    import onnxruntime as ort
+
+    from moebius_edge import session
+
+    arena, events = {}, []
+    real = ort.InferenceSession
+
+    def spy(path, sess_options=None, **kw):
+        sess = real(path, sess_options=sess_options, **kw)
+        graph = sess.get_modelmeta().custom_metadata_map[contract.META_GRAPH]
+        arena[graph] = sess_options.enable_cpu_mem_arena
+        events.append(graph)
+        return sess
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    monkeypatch.setattr(session, "map_large_blocks", lambda: events.append("map"))
+    inp = Inpainter.from_models(tiny_models_dir, providers=["CPUExecutionProvider"], low_memory=low_memory,
+                                verify=False)
+    inp.inpaint(golden["image_u8"], golden["mask_u8"], noise=golden, steps=2, fidelity="official")
+    assert arena == {contract.UNET.key: True, contract.VAE_ENCODER.key: not low_memory,
+                     contract.VAE_DECODER.key: False}
+    assert ("map" in events) == low_memory and (not low_memory or events[0] == "map")
+
+
+def test_large_blocks_are_mapped_on_their_own():
+    """After map_large_blocks() a 4 MiB block is a mapping of its own (returned to the system when
+    freed), where glibc's moving threshold had put it in the heap. Run in a process of its own: it
+    changes glibc's settings for good."""
+    import subprocess
+    import sys
+
+    code = """
+import ctypes, sys
+from moebius_edge.session import map_large_blocks
+libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc.mallinfo2.restype = Info
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+def mapped_4mib():
+    libc.malloc_trim(0)
+    before = libc.mallinfo2().hblks
+    p = libc.malloc(4 << 20)
+    n = libc.mallinfo2().hblks - before
+    libc.free(p)
+    return n
+libc.free(libc.malloc(16 << 20))  # freeing a 16 MiB mapping raises glibc's threshold to 16 MiB
+first = mapped_4mib()
+ok = map_large_blocks() if sys.argv[1] == "map" else True
+print(first, mapped_4mib(), ok)
+"""
+    got = {how: subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, timeout=60).stdout.split()
+           for how in ("map", "leave")}
+    assert got == {"map": ["0", "1", "True"], "leave": ["0", "0", "True"]}
+
+
 def test_provider_fallback(caplog):
     import onnxruntime as ort
 

@@ -57,7 +57,8 @@ def register(sub):
     r.add_argument("--provider", choices=contract.PROVIDER_CHOICES, default=contract.PROVIDER_CHOICES[0],
                    help="execution provider (falls back to CPU)")
     r.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's choice)")
-    r.add_argument("--low-memory", action="store_true", help="turn off ORT's memory arena (less RAM, slower)")
+    r.add_argument("--low-memory", action="store_true",
+                   help="the smallest peak: no ORT memory arena for the VAE, large blocks mapped on their own (slower)")
     r.add_argument("--max-pixels", type=float, default=contract.DEFAULT_MAX_PIXELS,
                    help="refuse larger images (protects against decompression bombs)")
     o.add_argument("-f", "--force", action="store_true",

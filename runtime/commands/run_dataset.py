@@ -54,7 +54,8 @@ def register(sub):
                    help="memory reserved per actor (0: none) [default: from the measured peak for the models folder]")
     r = p.add_argument_group("runtime")
     r.add_argument("--precision", choices=contract.PRECISIONS, default=contract.PRECISIONS[0], help="graph variant")
-    r.add_argument("--low-memory", action="store_true", help="turn off ORT's memory arena (less RAM, slower)")
+    r.add_argument("--low-memory", action="store_true",
+                   help="the smallest peak: no ORT memory arena for the VAE, large blocks mapped on their own (slower)")
     r.add_argument("--max-pixels", type=float, default=contract.DEFAULT_MAX_PIXELS,
                    help="refuse larger images (protects against decompression bombs)")
     w = p.add_argument_group("rerun")
