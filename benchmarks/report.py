@@ -253,8 +253,8 @@ def graph_memory(r: dict) -> str:
         live = ", ".join(f"{x['op']} {x['mb']:,.0f} MB" for x in p["live_at_peak"])
         lines += ["", f"With the runtime's setting the RSS first reaches its top in `{p['peak_block']}` "
                   f"({p['peak_op']}); the largest tensors alive there: {live} ({p['live_at_peak_mb']:,.0f} MB of "
-                  "tensors in all). The blocks that raise the RSS most (the arena keeps what it took, so each block "
-                  "adds only what exceeds the highest RSS before it):", "",
+                  "tensors in all). The blocks that raise the RSS most (each adds only what exceeds the highest RSS "
+                  "before it):", "",
                   "| block | s | adds MB | highest RSS in it MB |", "|---|---|---|---|"]
         lines += [f"| `{b['block']}` | {b['seconds']:.2f} | {b['growth_mb']:,.0f} | {b['peak_rss_mb']:,.0f} |"
                   for b in p["blocks"][:6]]
@@ -382,20 +382,33 @@ def _pipeline_label(run: dict) -> str:
     return f"{config} + {' and '.join(quantized)} {run['vae'][f'vae_{quantized[0]}']}" if quantized else config
 
 
+def _spread(run: dict, key: str) -> str:
+    """`` (lo–hi)`` of a ratio over a run's rounds, `` (max N)`` of a peak; empty for one round."""
+    values = [x[key] for x in run.get("rounds", [])]
+    if len(values) < 2 or min(values) == max(values):  # one round, or the baseline's own ratio
+        return ""
+    return f" ({min(values):.2f}–{max(values):.2f})" if key == "speedup_vs_first" else f" (max {max(values):,.0f})"
+
+
 def pipeline(r: dict) -> str:
     runs = r["runs"]
     first = runs[0]
+    rounds = r.get("rounds", 1)
+    how = (f"`benchmarks/pipeline.py --rounds {rounds}`: the configurations in turn, {rounds} times; a row is the "
+           "configuration's median round, its ratio the median of the per-round ratios (their range in brackets), "
+           "its peak RSS the median round's (the highest round's in brackets)" if rounds > 1 else
+           "`benchmarks/pipeline.py`")
     lines = [f"One {first['image_px'][0]}×{first['image_px'][1]} inpainting, {first['model_steps']} UNet steps + 2 VAE "
              f"encodes + 1 decode, each configuration in its own process, one after the other "
-             f"(`benchmarks/pipeline.py`; {_machine_line(r['machine'])}). Inpainting seconds leave out session "
+             f"({how}; {_machine_line(r['machine'])}). Inpainting seconds leave out session "
              "creation (ONNX Runtime) and module building (PyTorch), shown as load:", "",
              f"| configuration | s per UNet step | encode s | decode s | inpainting s | vs {_pipeline_label(first)} | "
              "load s | peak RSS MB | peak in encode / denoise / decode MB |", "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         s = run["seconds"]
         lines.append(f"| {_pipeline_label(run)} | {run['unet_step_s']:.2f} | {s['encode']:.1f} | {s['decode']:.1f} | "
-                     f"{run['compute_s']:.1f} | {run['speedup_vs_first']:.2f}x | {run['load_s']:.1f} | "
-                     f"{run['peak_rss_mb']:,.0f} | "
+                     f"{run['compute_s']:.1f} | {run['speedup_vs_first']:.2f}x{_spread(run, 'speedup_vs_first')} | "
+                     f"{run['load_s']:.1f} | {run['peak_rss_mb']:,.0f}{_spread(run, 'peak_rss_mb')} | "
                      + " / ".join(f"{run['phase_peak_rss_mb'].get(p, 0):,.0f}" for p in ("encode", "denoise", "decode"))
                      + " |")
     batches = [run for run in runs if "batch" in run]
@@ -427,7 +440,10 @@ TARGETS = (
 
 
 def _measure(run: dict, measure: str) -> float:
-    return {"vs torch": lambda: run["speedup_vs_first"], "peak RSS MB": lambda: run["peak_rss_mb"],
+    """A run's figure for a target: the ratio its row gives (the median over rounds), the highest
+    peak RSS of its rounds, its UNet session's creation."""
+    peak = max(x["peak_rss_mb"] for x in run.get("rounds", [run]))
+    return {"vs torch": lambda: run["speedup_vs_first"], "peak RSS MB": lambda: peak,
             "UNet session s": lambda: run["seconds"]["unet_load"]}[measure]()
 
 
@@ -446,8 +462,10 @@ def target_rows(r: dict) -> list:
 
 def targets(r: dict) -> str:
     baseline = _pipeline_label(r["runs"][0])
+    rounds = r.get("rounds", 1)
+    over = f"; a peak is the highest of the {rounds} rounds" if rounds > 1 else ""
     lines = [f"The performance targets against the pipeline table above (`benchmarks/pipeline.py`; the ratios are "
-             f"against {baseline} in the same run; a configuration with a folder in brackets is an opt-in "
+             f"against {baseline} in the same run{over}; a configuration with a folder in brackets is an opt-in "
              "variant). A missed target names the benchmark that profiles it:", "",
              "| target | bound | configuration | measured | verdict |", "|---|---|---|---|---|"]
     where = {what: w for what, *_, w in TARGETS}

@@ -14,7 +14,7 @@ Official outputs come from torch's CUDA generator and cannot be reproduced from 
 number for number, pass the four tensors as ``noise`` (the keys of ``NOISE_KEYS``).
 
 Sessions are created lazily and released after each phase (encode, denoise, decode), so at most
-one graph's arena is alive at a time.
+one graph's memory is alive at a time; which graphs get ONNX Runtime's arena is ``session.NO_ARENA``.
 """
 from __future__ import annotations
 
@@ -124,7 +124,9 @@ class Inpainter:
         """Open and check a models folder. ``providers``: a ``session.PROVIDER_CHOICES`` entry
         ("auto", "cpu", "cuda", ...) or a list of provider names in order of preference; CPU is
         always the last resort. ``verify`` checks every graph's SHA-256 against the manifest first
-        (reads each file once)."""
+        (reads each file once). ``low_memory`` trades time for the smallest peak: no arena for the
+        VAE graphs, and glibc maps large blocks on their own from then on, process-wide
+        (``session.map_large_blocks``)."""
         models = open_models(models_dir, precision)
         if verify:
             models.verify()

@@ -58,3 +58,31 @@ def test_targets_table_gives_each_run_its_verdict():
     assert "| peak RSS, fp32 | ≤ 2,000 MB | fp32 | 2,001 MB | missed; profile: `benchmarks/graph_memory.py` |" in text
     assert "| int8-low-memory | not in this run | not measured |" in text
     assert len([line for line in text.splitlines() if line.startswith("| ") and "---" not in line]) == 1 + 11
+
+
+def test_pipeline_rounds_give_median_rows_per_round_ratios_and_the_highest_peak():
+    """--rounds: a row is its configuration's median round, its ratio the median of the ratios taken
+    round by round (not the ratio of medians), and a memory target is checked on the highest peak."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.pipeline import summarise
+    from benchmarks.report import pipeline, target_rows
+
+    def run(config, compute, peak):
+        return {"config": config, "compute_s": compute, "unet_step_s": compute / 19, "peak_rss_mb": peak,
+                "image_px": [512, 512], "model_steps": 19, "load_s": 1.0, "vae": {},
+                "seconds": {"encode": 1.0, "decode": 1.0, "unet_load": 1.0},
+                "phase_peak_rss_mb": {"encode": 1, "denoise": 1, "decode": peak}}
+
+    torch = [run("torch", t, 2000) for t in (100.0, 150.0, 120.0)]
+    int8 = [run("int8", t, p) for t, p in ((50.0, 1100), (50.0, 1250), (40.0, 1150))]
+    rows = [summarise(torch, torch), summarise(int8, torch)]
+    assert rows[0]["speedup_vs_first"] == 1.0 and rows[0]["compute_s"] == 120.0
+    assert rows[1]["compute_s"] == 50.0  # the lower median of 40, 50, 50
+    assert rows[1]["speedup_vs_first"] == 3.0  # median of 2.0, 3.0, 3.0; the ratio of medians is 2.4
+    assert [x["speedup_vs_first"] for x in rows[1]["rounds"]] == [2.0, 3.0, 3.0]
+    r = {"rounds": 3, "runs": rows, "machine": {"processor": "cpu", "cores": 2, "onnxruntime": "1",
+                                                 "load_average": [1.0]}}
+    peaks = {(what, label): value for what, _, _, label, value, _ in target_rows(r)}
+    assert peaks[("peak RSS, int8", "int8")] == 1250
+    text = pipeline(r)
+    assert "| 3.00x (2.00–3.00) |" in text and "(max 1,250)" in text and "| 1.00x |" in text
