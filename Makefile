@@ -57,6 +57,8 @@ quantize:
 BENCH_MODELS ?= out/bench-models
 # Configurations of benchmarks/pipeline.py (one process each); ratios are against the first.
 BENCH_CONFIGS ?= torch,fp32,int8,int8-low-memory
+# Times the configurations run in turn (medians and per-round ratios; the README's table used 3).
+BENCH_ROUNDS ?= 1
 # Photos per folder run (images per minute, sessions kept) of each ONNX Runtime configuration.
 BENCH_BATCH ?= 2
 
@@ -67,7 +69,7 @@ BENCH_BATCH ?= 2
 # benchmark that profiles a miss). Meant for a quiet machine: every JSON records its load.
 bench:
 	$(PY) benchmarks/graph_step.py --models $(BENCH_MODELS) --rounds 3
-	$(PY) benchmarks/pipeline.py --models $(BENCH_MODELS) --configs $(BENCH_CONFIGS) --batch $(BENCH_BATCH)
+	$(PY) benchmarks/pipeline.py --models $(BENCH_MODELS) --configs $(BENCH_CONFIGS) --rounds $(BENCH_ROUNDS) --batch $(BENCH_BATCH)
 	$(PY) benchmarks/photo_size.py --models $(BENCH_MODELS) --precision int8 --holes 1024
 	$(PY) benchmarks/report.py
 

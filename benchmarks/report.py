@@ -385,8 +385,8 @@ def _pipeline_label(run: dict) -> str:
 def _spread(run: dict, key: str) -> str:
     """`` (lo–hi)`` of a ratio over a run's rounds, `` (max N)`` of a peak; empty for one round."""
     values = [x[key] for x in run.get("rounds", [])]
-    if len(values) < 2 or min(values) == max(values):  # one round, or the baseline's own ratio
-        return ""
+    if len(values) < 2 or min(values) == max(values) or key == "peak_rss_mb" and max(values) == run[key]:
+        return ""  # one round, the baseline's own ratio, or the median round's peak is the highest
     return f" ({min(values):.2f}–{max(values):.2f})" if key == "speedup_vs_first" else f" (max {max(values):,.0f})"
 
 

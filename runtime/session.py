@@ -9,6 +9,8 @@ This module only creates and feeds sessions; ``models.py`` reads and checks the 
   benchmarks/results/runtime.json), 2.9 GB when each is released after its phase, and 1.9 GB
   once results are copied out of ORT and memory patterns are off (``GraphSession.run``,
   ``_session_options``; benchmarks/pipeline.py measures it);
+* gives each graph the memory settings its tensors call for: ONNX Runtime's arena or not
+  (``NO_ARENA``), and in low-memory mode glibc's mapping of large blocks (``map_large_blocks``);
 * checks each graph's metadata (``session.get_modelmeta()``; the base install has no ``onnx``
   package) against the manifest, and feeds inputs by contract name after checking them against
   the contract's dtypes and the session's own declared shapes (docs/style.md §5).
@@ -110,18 +112,20 @@ def release_memory() -> None:
 # graph holds at once; without it each tensor is its own mapping, paid for in page faults. The UNet
 # at 64² computes on tensors of a few MB, which its arena reuses, and which without it stay in
 # pieces in glibc's heap. Measured (512², benchmarks/pipeline.py, 2026-12-06; the README's tables):
-# * the VAE decoder without its arena: the int8 run's peak (its decode) 1,361 -> 1,108 MB, the
-#   decode 9.4 -> 11.5 s; so the decoder never has one;
+# * the VAE decoder without its arena: the int8 run's peak (its decode) 1,361 -> 1,100 MB (median
+#   of 3 rounds, 1,156 the highest), the decode 9.4 -> 10.8 s; so the decoder never has one (the
+#   fp32 run's peak stays where it was, ~2.0 GB, but its decode phase rises to it: README);
 # * the VAE encoder's phase is below the UNet's or the decoder's either way; it keeps its arena,
-#   except in low-memory mode (encode peak 766 -> 622-709 MB);
-# * the int8 UNet without its arena, in low-memory mode: denoise peak 750-870 MB against 490-589
-#   with it, and slower; so the UNet always keeps it.
+#   except in low-memory mode (fp32 encoder: encode peak 765 -> 621 MB);
+# * the int8 UNet without its arena, in low-memory mode: denoise peak 750-870 MB against 551-589
+#   with it (scratch runs), and slower; so the UNet always keeps it.
 NO_ARENA = {False: (contract.VAE_DECODER.key,), True: (contract.VAE_DECODER.key, contract.VAE_ENCODER.key)}
 # Low-memory mode: glibc serves every block of at least this size with a mapping of its own,
 # returned to the system when the block is freed (M_MMAP_THRESHOLD). Its default threshold rises
 # to 32 MiB once large blocks are freed, and the blocks below it stay in the heap in pieces that
 # malloc_trim cannot give back: with the int8 VAE, the low-memory run's peak falls from 852-859 to
-# 738 MB (decode) and its denoise peak from 551-589 to 490 MB, for 2-3 s more per inpainting.
+# 738 MB (decode) and its denoise peak from 551-589 to 490 MB, for 1-2 s more per inpainting
+# (scratch runs of benchmarks/pipeline.py; the README's table: 740 MB).
 LOW_MEMORY_MMAP_THRESHOLD = 1 << 20
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
 
