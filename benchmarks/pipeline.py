@@ -206,7 +206,7 @@ def summarise(runs: list, baseline: list) -> dict:
     configuration's runs); with more than one round also ``rounds``, each round's figures."""
     ratios = [b["compute_s"] / r["compute_s"] for r, b in zip(runs, baseline)]
     row = dict(sorted(runs, key=lambda r: r["compute_s"])[(len(runs) - 1) // 2])  # the lower median
-    row["speedup_vs_first"] = round(statistics.median(ratios), 3)
+    row["speedup_vs_first"] = round(statistics.median_low(ratios), 3)  # a round's own, never a mean
     if len(runs) > 1:
         row["rounds"] = [{"compute_s": r["compute_s"], "unet_step_s": r["unet_step_s"],
                           "speedup_vs_first": round(x, 3), "peak_rss_mb": r["peak_rss_mb"]}
@@ -244,6 +244,8 @@ def main(argv=None) -> int:
         print(json.dumps(batch_worker(args.models, args.batch_worker, args.steps, args.threads, args.batch)))
         return 0
 
+    if args.rounds < 1:
+        ap.error("--rounds must be 1 or more")
     configs = [c for c in args.configs.split(",") if c]
     for c in configs:
         try:
@@ -297,8 +299,8 @@ def main(argv=None) -> int:
             print(f"{r['config']:<16} folder of {b['images']}: {b['images_per_min']:.2f} images/min "
                   f"({b['wall_s']:.1f} s with loading), peak RSS {b['peak_rss_mb']:.0f} MB")
     result = {"benchmark": "pipeline_512", "machine": machine, "models_provenance": manifest.provenance,
-              "threads": args.threads, "steps": args.steps, "rounds": args.rounds, "graph_bytes": {s.key: manifest.entry(s)[contract.GRAPH_BYTES]
-                                                       for s in contract.GRAPHS}, "runs": rows}
+              "threads": args.threads, "steps": args.steps, "rounds": args.rounds,
+              "graph_bytes": {s.key: manifest.entry(s)[contract.GRAPH_BYTES] for s in contract.GRAPHS}, "runs": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {args.json}")

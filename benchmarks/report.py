@@ -7,8 +7,9 @@ docs/mobile.md (``DOCUMENTS``) and is rebuilt by the renderer of that name below
 ``benchmarks/results/NAME.json``. ``--check`` exits 1 when a document differs from what the JSON
 gives (a test runs it). Without ``--check`` it also draws docs/figures/pipeline.png from
 ``benchmarks/results/pipeline.json`` (matplotlib, the ``bench`` extra); ``--check`` leaves the
-figure alone (its bytes depend on matplotlib's version), and prints the performance targets' table
-(``TARGETS``: met or missed, and where a miss is profiled), the last thing ``make bench`` shows.
+figure alone (its bytes depend on matplotlib's version). Without ``--check`` it also prints the
+performance targets' table (``TARGETS``: met or missed, and where a miss is profiled), which
+``make bench`` ends with.
 """
 from __future__ import annotations
 
@@ -238,7 +239,7 @@ def graph_memory(r: dict) -> str:
     n = r.get("repeats", 1)
     lines = [f"One call of the {r['variant']} `{r['network']}` at {r['image_side']}², each session setting in "
              f"{'a process of its own' if n == 1 else f'{n} processes of its own, taken in turn (medians, min–max)'}, "
-             "RSS sampled every 2 ms through the call that grows the arena (`benchmarks/graph_memory.py"
+             "RSS sampled every 2 ms through the first call (`benchmarks/graph_memory.py"
              f"{f' --repeats {n}' if n > 1 else ''}`; {_machine_line(r['machine'])}):", "",
              "| setting | RSS after load MB | peak RSS of the call MB | call s |", "|---|---|---|---|"]
 
@@ -448,13 +449,15 @@ def _measure(run: dict, measure: str) -> float:
 
 
 def target_rows(r: dict) -> list:
-    """One row per target and run of its configuration: (target, bound, run label, value, met), with
-    value and met None where the run has no such configuration."""
+    """One row per target and run of its configuration: (target, measure, bound, run label, value,
+    met), with value and met None where the run has no such configuration, or, for a ratio, where
+    its first configuration is not PyTorch."""
     rows = []
     for what, config, measure, bound, _ in TARGETS:
         runs = [run for run in r["runs"] if run["config"].partition("@")[0] == config]
         for run in runs or [None]:
-            value = None if run is None else _measure(run, measure)
+            baseline_ok = measure != "vs torch" or r["runs"][0]["config"] == "torch"
+            value = None if run is None or not baseline_ok else _measure(run, measure)
             met = None if value is None else (value >= bound if measure == "vs torch" else value <= bound)
             rows.append((what, measure, bound, _pipeline_label(run) if run else config, value, met))
     return rows
@@ -474,6 +477,9 @@ def targets(r: dict) -> str:
         unit = {"vs torch": "x", "peak RSS MB": " MB", "UNet session s": " s"}[measure]
         fmt = {"vs torch": ".2f", "peak RSS MB": ",.0f", "UNet session s": ".1f"}[measure]
         shown = "not in this run" if value is None else f"{value:{fmt}}{unit}"
+        run = next((x for x in r["runs"] if _pipeline_label(x) == label), None)
+        if value is not None and measure == "vs torch" and run is not None:
+            shown += _spread(run, "speedup_vs_first")  # the rounds' range: a median near its bound says so
         verdict = "not measured" if met is None else ("met" if met else f"missed; profile: {where[what]}")
         lines.append(f"| {what} | {sign} {bound:{fmt}}{unit} | {label} | {shown} | {verdict} |")
     return "\n".join(lines)
@@ -566,7 +572,7 @@ def main(argv=None) -> int:
     print(f"tables rewritten in {', '.join(map(str, stale))}" if stale else "tables already up to date")
     source = RESULTS / "pipeline.json"
     if source.is_file():
-        print("\n" + targets(json.loads(source.read_text())) + "\n")  # last of `make bench`: the verdicts
+        print("\n" + targets(json.loads(source.read_text())) + "\n")  # the verdicts, at the end of `make bench`
         try:
             pipeline_figure(json.loads(source.read_text()))
         except ImportError:

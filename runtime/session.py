@@ -116,15 +116,17 @@ def release_memory() -> None:
 #   of 3 rounds, 1,156 the highest), the decode 9.4 -> 10.8 s; so the decoder never has one (the
 #   fp32 run's peak stays where it was, ~2.0 GB, but its decode phase rises to it: README);
 # * the VAE encoder's phase is below the UNet's or the decoder's either way; it keeps its arena,
-#   except in low-memory mode (fp32 encoder: encode peak 765 -> 621 MB);
-# * the int8 UNet without its arena, in low-memory mode: denoise peak 750-870 MB against 551-589
-#   with it (scratch runs), and slower; so the UNet always keeps it.
+#   except in low-memory mode (fp32 encoder: encode peak 765 -> 709-718 MB without it, 621 MB
+#   with the mapping below too);
+# * the int8 UNet without its arena, in low-memory mode: denoise peak 659-801 MB against 551-589
+#   with it (scratch runs), and slower; so the UNet always keeps it (fp32, before the mapping
+#   below: 1,904 MB without, 1,974 with; with the mapping 1,672).
 NO_ARENA = {False: (contract.VAE_DECODER.key,), True: (contract.VAE_DECODER.key, contract.VAE_ENCODER.key)}
 # Low-memory mode: glibc serves every block of at least this size with a mapping of its own,
 # returned to the system when the block is freed (M_MMAP_THRESHOLD). Its default threshold rises
 # to 32 MiB once large blocks are freed, and the blocks below it stay in the heap in pieces that
 # malloc_trim cannot give back: with the int8 VAE, the low-memory run's peak falls from 852-859 to
-# 738 MB (decode) and its denoise peak from 551-589 to 490 MB, for 1-2 s more per inpainting
+# 738 MB (decode) and its denoise peak from 551-589 to 490 MB, for 2-3 s more per inpainting
 # (scratch runs of benchmarks/pipeline.py; the README's table: 740 MB).
 LOW_MEMORY_MMAP_THRESHOLD = 1 << 20
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
@@ -133,17 +135,24 @@ _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
 def map_large_blocks(threshold: int = LOW_MEMORY_MMAP_THRESHOLD) -> bool:
     """Have glibc map every block of ``threshold`` bytes or more on its own (see above). It is
     process-wide and stays set (glibc then stops moving the threshold), so only low-memory mode
-    asks for it. False where there is no glibc ``mallopt`` (macOS, musl, Windows)."""
+    asks for it, and the Inpainter's docstring says so. False where there is no glibc ``mallopt``
+    (macOS, musl, Windows)."""
     import ctypes
 
     try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+        done = bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, int(threshold)))
     except (OSError, AttributeError):
-        return False
+        done = False
+    if not done:
+        log.debug("no glibc mallopt here: large blocks stay with the system allocator's defaults")
+    return done
 
 
 def uses_arena(config: SessionConfig, graph: str) -> bool:
-    """Whether the session of ``graph`` (a contract graph key) gets ONNX Runtime's CPU arena."""
+    """Whether the session of ``graph`` (a contract graph key) gets ONNX Runtime's CPU arena; a
+    graph not named gets none in low-memory mode."""
+    if not graph:
+        return not config.low_memory
     return graph not in NO_ARENA[bool(config.low_memory)]
 
 

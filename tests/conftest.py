@@ -19,6 +19,16 @@ def _restore_logging():
     log.handlers[:], log.level, log.propagate = saved
 
 
+@pytest.fixture(autouse=True)
+def _no_process_wide_malloc_settings(monkeypatch):
+    """Low-memory mode sets glibc's mapping threshold for the rest of the process
+    (``session.map_large_blocks``): in the test process that would make later tests depend on
+    the order they run in. Tests of the setting itself run it in a process of their own."""
+    from moebius_edge import session
+
+    monkeypatch.setattr(session, "map_large_blocks", lambda *a, **kw: False)
+
+
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory):
     """A models folder exported from the tiny golden UNet (latent 16) and the tiny VAE: the

@@ -526,9 +526,9 @@ def test_batch_keeps_sessions_from_photo_to_photo(tiny_models_dir, tmp_path, cap
     counts = {}
     original = session.create_session
 
-    def counting(path, config, label=""):
+    def counting(path, config, label="", **kw):
         counts[label] = counts.get(label, 0) + 1
-        return original(path, config, label)
+        return original(path, config, label, **kw)
 
     monkeypatch.setattr(session, "create_session", counting)
     rc, _, _ = run(capsys, images, "--masks", masks, "-o", tmp_path / "out", "--models", tiny_models_dir,
