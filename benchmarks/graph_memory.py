@@ -13,11 +13,11 @@ second call, timed. Settings:
 * ``low-memory``: what it does with ``--low-memory`` (``NO_ARENA``'s low-memory graphs, and glibc
   mapping large blocks: ``session.map_large_blocks``);
 * ``arena`` and ``no arena``: the runtime's options with ORT's CPU arena on, or off;
-and, each the runtime's options changed in one thing:
-* ``untrimmed``: without ``release_memory()`` after the session's creation;
-* ``pre-optimised``: the graph optimised once with the same level, saved, and loaded with
-  optimisations off, so that no copy of the weights made before the layout change is left;
-* ``extended``: optimisations without the NCHWc layout (ORT_ENABLE_EXTENDED).
+* ``untrimmed``: the runtime's options without ``release_memory()`` after the session's creation;
+* ``pre-optimised``: the runtime's options on the graph optimised once with the same level, saved,
+  and loaded with optimisations off, so that no copy of the weights made before the layout change
+  is left;
+* ``extended``: the runtime's options without the NCHWc layout (ORT_ENABLE_EXTENDED).
 
 (The ``runtime`` setting's calls run under the profiler: a little slower than the runtime's.)
 

@@ -138,6 +138,25 @@ def test_pipeline_benchmark_rejects_unknown_configs(random_tiny):
     assert proc.returncode == 2 and "unknown configuration 'int4'" in proc.stderr
 
 
+def test_pipeline_benchmark_runs_the_configurations_in_rounds(random_tiny, tmp_path):
+    """--rounds 2: each configuration runs once per round, in turn; every round is kept, the row's
+    ratio is one of them, and --rounds 0 is refused."""
+    out = tmp_path / "pipeline.json"
+    proc = _bench("pipeline.py", "--models", random_tiny, "--configs", "fp32,fp32-keep", "--steps", 2,
+                  "--rounds", 2, "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("running")] == \
+        ["fp32", "fp32-keep", "fp32", "fp32-keep"]
+    r = json.loads(out.read_text())
+    assert r["rounds"] == 2
+    first, keep = r["runs"]
+    assert [x["speedup_vs_first"] for x in first["rounds"]] == [1.0, 1.0]
+    assert len(keep["rounds"]) == 2 and keep["speedup_vs_first"] in [x["speedup_vs_first"] for x in keep["rounds"]]
+    assert keep["compute_s"] in [x["compute_s"] for x in keep["rounds"]]
+    proc = _bench("pipeline.py", "--models", random_tiny, "--configs", "fp32", "--rounds", 0, timeout=60)
+    assert proc.returncode == 2 and "--rounds must be 1 or more" in proc.stderr
+
+
 def test_graph_step_benchmark_smoke(random_tiny, tmp_path):
     out = tmp_path / "graph_step.json"
     proc = _bench("graph_step.py", "--models", random_tiny, "--rounds", "3", "--json", out)
