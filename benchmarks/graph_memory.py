@@ -176,7 +176,7 @@ def _profile(trace_file: str, ran: Path, samples: list, t0: float) -> dict:
              if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and start <= e["ts"] <= end]
     graph = {n.name: n for n in onnx.load(str(ran), load_external_data=False).graph.node}
     peak = max(v for _, v in samples)
-    # The arena keeps what it took, so RSS stays at its top: the peak is where it first gets there.
+    # The peak is where the RSS first gets to its top (with an arena it stays there).
     peak_t = next(t for t, v in samples if v >= peak - PEAK_SLACK_MB)
     blocks, block, peak_node, order = {}, "(graph inputs)", None, []
     top = samples[0][1]  # the highest RSS so far: what each block adds to it is its growth

@@ -441,17 +441,19 @@ TARGETS = (
 
 
 def _measure(run: dict, measure: str) -> float:
-    """A run's figure for a target: the ratio its row gives (the median over rounds), the highest
-    peak RSS of its rounds, its UNet session's creation."""
-    peak = max(x["peak_rss_mb"] for x in run.get("rounds", [run]))
-    return {"vs torch": lambda: run["speedup_vs_first"], "peak RSS MB": lambda: peak,
-            "UNet session s": lambda: run["seconds"]["unet_load"]}[measure]()
+    """A run's figure for a target: the ratio its row gives (the median over rounds), its UNet
+    session's creation, or the highest peak RSS of its rounds."""
+    if measure == "vs torch":
+        return run["speedup_vs_first"]
+    if measure == "UNet session s":
+        return run["seconds"]["unet_load"]
+    return max(x["peak_rss_mb"] for x in run.get("rounds", [run]))
 
 
 def target_rows(r: dict) -> list:
     """One row per target and run of its configuration: (target, measure, bound, run label, value,
-    met), with value and met None where the run has no such configuration, or, for a ratio, where
-    its first configuration is not PyTorch."""
+    met, run), with value and met None where the run has no such configuration (run None too), or,
+    for a ratio, where its first configuration is not PyTorch."""
     rows = []
     for what, config, measure, bound, _ in TARGETS:
         runs = [run for run in r["runs"] if run["config"].partition("@")[0] == config]
@@ -459,7 +461,7 @@ def target_rows(r: dict) -> list:
             baseline_ok = measure != "vs torch" or r["runs"][0]["config"] == "torch"
             value = None if run is None or not baseline_ok else _measure(run, measure)
             met = None if value is None else (value >= bound if measure == "vs torch" else value <= bound)
-            rows.append((what, measure, bound, _pipeline_label(run) if run else config, value, met))
+            rows.append((what, measure, bound, _pipeline_label(run) if run else config, value, met, run))
     return rows
 
 
@@ -472,13 +474,12 @@ def targets(r: dict) -> str:
              "variant). A missed target names the benchmark that profiles it:", "",
              "| target | bound | configuration | measured | verdict |", "|---|---|---|---|---|"]
     where = {what: w for what, *_, w in TARGETS}
-    for what, measure, bound, label, value, met in target_rows(r):
+    for what, measure, bound, label, value, met, run in target_rows(r):
         sign = "≥" if measure == "vs torch" else "≤"
         unit = {"vs torch": "x", "peak RSS MB": " MB", "UNet session s": " s"}[measure]
         fmt = {"vs torch": ".2f", "peak RSS MB": ",.0f", "UNet session s": ".1f"}[measure]
         shown = "not in this run" if value is None else f"{value:{fmt}}{unit}"
-        run = next((x for x in r["runs"] if _pipeline_label(x) == label), None)
-        if value is not None and measure == "vs torch" and run is not None:
+        if value is not None and measure == "vs torch":
             shown += _spread(run, "speedup_vs_first")  # the rounds' range: a median near its bound says so
         verdict = "not measured" if met is None else ("met" if met else f"missed; profile: {where[what]}")
         lines.append(f"| {what} | {sign} {bound:{fmt}}{unit} | {label} | {shown} | {verdict} |")

@@ -45,7 +45,7 @@ def test_targets_table_gives_each_run_its_verdict():
 
     r = {"runs": [run("torch", 1.0, 2700), run("fp32", 2.01, 2001), run("int8", 2.49, 1200, unet_load=3.5),
                   run("int8@out/x", 3.0, 1100, vae="int8"), run("fp32-keep", 1.9, 3000)]}
-    verdicts = {(what, label): met for what, _, _, label, _, met in target_rows(r)}
+    verdicts = {(what, label): met for what, _, _, label, _, met, _ in target_rows(r)}
     assert verdicts[("whole inpainting, fp32", "fp32")] is True  # 2.01 ≥ 2
     assert verdicts[("peak RSS, fp32", "fp32")] is False  # 2,001 > 2,000
     assert verdicts[("whole inpainting, int8", "int8")] is False
@@ -61,8 +61,8 @@ def test_targets_table_gives_each_run_its_verdict():
     assert len([line for line in text.splitlines() if line.startswith("| ") and "---" not in line]) == 1 + 11
     # ratios against another first configuration are no verdict on the PyTorch targets
     rows = target_rows({"runs": r["runs"][1:]})
-    assert {met for what, measure, *_, met in rows if measure == "vs torch"} == {None}
-    assert {met for what, measure, *_, met in rows if measure != "vs torch" and "low-memory" not in what} == {True, False}
+    assert {met for what, measure, *_, met, _ in rows if measure == "vs torch"} == {None}
+    assert {met for what, measure, *_, met, _ in rows if measure != "vs torch" and "low-memory" not in what} == {True, False}
 
 
 def test_pipeline_rounds_give_median_rows_per_round_ratios_and_the_highest_peak():
@@ -87,7 +87,7 @@ def test_pipeline_rounds_give_median_rows_per_round_ratios_and_the_highest_peak(
     assert [x["speedup_vs_first"] for x in rows[1]["rounds"]] == [2.0, 3.0, 3.0]
     r = {"rounds": 3, "runs": rows, "machine": {"processor": "cpu", "cores": 2, "onnxruntime": "1",
                                                  "load_average": [1.0]}}
-    peaks = {(what, label): value for what, _, _, label, value, _ in target_rows(r)}
+    peaks = {(what, label): value for what, _, _, label, value, _, _ in target_rows(r)}
     assert peaks[("peak RSS, int8", "int8")] == 1250
     text = pipeline(r)
     assert "| 3.00x (2.00–3.00) |" in text and "(max 1,250)" in text and "| 1.00x |" in text
