@@ -59,19 +59,18 @@ BENCH_MODELS ?= out/bench-models
 BENCH_CONFIGS ?= torch,fp32,int8,int8-low-memory
 # Times the configurations run in turn (medians and per-round ratios; the README's table used 3).
 BENCH_ROUNDS ?= 1
-# Photos per folder run (images per minute, sessions kept) of each ONNX Runtime configuration.
-BENCH_BATCH ?= 2
+# Photos per folder run (images per minute, sessions kept) of each ONNX Runtime configuration (0: none;
+# each folder run costs about two inpaintings, beyond the 15-minute budget at 2 photos).
+BENCH_BATCH ?= 0
 
 # The CPU benchmarks on an existing full-size random-init folder with its variants (bench-models
-# makes one): each network alone, PyTorch eager against ONNX Runtime side by side; the whole
-# inpainting per configuration, and a folder of photos; then int8 on 1-24 MP photos and a larger
-# hole; then the README's tables and figure, and last the targets' table (met or missed, and the
-# benchmark that profiles a miss). Meant for a quiet machine: every JSON records its load.
+# makes one), timed against issue 12's 15 minutes (benchmarks/bench.py): each network alone,
+# PyTorch eager against ONNX Runtime side by side; the whole inpainting per configuration; int8 on
+# 1 and 24 MP photos and a larger hole; then the README's tables and figure, and last the targets'
+# table (met or missed, and the benchmark that profiles a miss) and the run's time. Meant for a
+# quiet machine: every JSON records its load.
 bench:
-	$(PY) benchmarks/graph_step.py --models $(BENCH_MODELS) --rounds 3
-	$(PY) benchmarks/pipeline.py --models $(BENCH_MODELS) --configs $(BENCH_CONFIGS) --rounds $(BENCH_ROUNDS) --batch $(BENCH_BATCH)
-	$(PY) benchmarks/photo_size.py --models $(BENCH_MODELS) --precision int8 --holes 1024
-	$(PY) benchmarks/report.py
+	$(PY) benchmarks/bench.py --models $(BENCH_MODELS) --configs $(BENCH_CONFIGS) --rounds $(BENCH_ROUNDS) --batch $(BENCH_BATCH)
 
 # Full-size (512x512) random-init export and its gated variants: ~7 min, then ~1 h on 2 cores.
 bench-models:

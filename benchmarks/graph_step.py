@@ -84,7 +84,8 @@ def bench_graph(models, spec: contract.GraphSpec, modules: dict, rounds: int, th
         contenders[name] = (lambda s=sess: s.run(None, feed)[0])
     ref = contenders[TORCH]()
     errors = {name: rel_l2(fn(), ref) for name, fn in contenders.items() if name != TORCH}
-    rows = interleaved(contenders, rounds, baseline=TORCH)
+    # The calls above were each contender's first (its warm-up): no untimed round besides.
+    rows = interleaved(contenders, rounds, baseline=TORCH, warmup=0)
     full_size = models.image_size == 512 and models.latent_size == 64
     for name, row in rows.items():
         row["rel_l2_vs_torch"] = errors.get(name, 0.0)

@@ -486,12 +486,23 @@ def targets(r: dict) -> str:
     return "\n".join(lines)
 
 
+def bench(r: dict) -> str:
+    """The whole `make bench` run (``benchmarks/bench.py``): each step's wall time against the budget."""
+    parts = ", ".join(f"`{x['step']}` {x['wall_s'] / 60:.1f}" for x in r["steps"])
+    pipe = next(x["arguments"] for x in r["steps"] if x["step"] == "pipeline")
+    pipe = " ".join(pipe[:pipe.index("--json")])
+    verdict = "within it" if r["wall_s"] <= r["budget_s"] else "over it"
+    return (f"`make bench` (`benchmarks/bench.py`) ran its steps in **{r['wall_s'] / 60:.1f} min** ({parts} min; "
+            f"the pipeline step `{pipe}`), against the issue's budget of {r['budget_s'] / 60:.0f} min: {verdict} "
+            f"({_machine_line(r['machine'])}).")
+
+
 RENDERERS = {"thin_strokes": thin_strokes, "quantize_fp16": quantize_fp16, "quantize_int8": quantize_int8,
              "scale": scale, "bundle_rewrites": bundle_rewrites, "int8_profile": int8_profile,
              "graph_step": graph_step, "pipeline": pipeline, "bundle": bundle, "bundle_memory": bundle_memory,
              "bundle_parity": bundle_parity, "photo_size": photo_size,
              "export_full": export_full, "encode_batch": encode_batch, "vae_tiling": vae_tiling,
-             "graph_memory": graph_memory, "targets": targets}
+             "graph_memory": graph_memory, "targets": targets, "bench": bench}
 # Renderers whose JSON is another's (block name -> results file name).
 SOURCES = {"targets": "pipeline"}
 # The files that hold measured tables.
@@ -574,6 +585,8 @@ def main(argv=None) -> int:
     source = RESULTS / "pipeline.json"
     if source.is_file():
         print("\n" + targets(json.loads(source.read_text())) + "\n")  # the verdicts, at the end of `make bench`
+        if (RESULTS / "bench.json").is_file():
+            print(bench(json.loads((RESULTS / "bench.json").read_text())) + "\n")
         try:
             pipeline_figure(json.loads(source.read_text()))
         except ImportError:

@@ -255,3 +255,34 @@ def test_graph_memory_keeps_a_reshaped_buffer_alive_until_its_alias_is_used():
     at_relu = live_tensors(order, 2)
     assert set(at_relu) == {"a", "b"} and at_relu["a"][0] == 4
     assert set(live_tensors(order, 3)) == {"a", "b", "c"}
+
+
+def test_bench_runs_the_steps_in_turn_and_records_their_time(random_tiny, tmp_path, monkeypatch, capsys):
+    """benchmarks/bench.py (`make bench`): every step in its own process with its JSON in the results
+    folder, then bench.json with each step's wall time; a failing step stops the run with its exit
+    code and writes no bench.json. Shortened steps: the tiny model (fp32 only) at 2 steps and small photos."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import bench
+
+    full = bench.steps
+    defaults = {name: args for name, args in full(bench.argparse.Namespace(
+        models=str(random_tiny), results=str(tmp_path), configs="torch,fp32", rounds=1, batch=0))}
+    assert defaults["photo_size"][defaults["photo_size"].index("--megapixels"):][:3] == ["--megapixels", "1", "24"]
+    short = {"graph_step": [], "pipeline": ["--steps", "2"],
+             "photo_size": ["--precision", "fp32", "--steps", "2", "--megapixels", "0.1", "--hole-px", "64", "--holes", "128",
+                           "--hole-photo-mp", "0.1"]}
+    monkeypatch.setattr(bench, "steps", lambda args: [(name, a + short[name]) for name, a in full(args)])
+    results = tmp_path / "results"
+    argv = ["--models", str(random_tiny), "--configs", "torch,fp32", "--results", str(results)]
+    assert bench.main(argv) == 0
+    assert {p.name for p in results.iterdir()} == {"graph_step.json", "pipeline.json", "photo_size.json", "bench.json"}
+    r = json.loads((results / "bench.json").read_text())
+    assert [x["step"] for x in r["steps"]] == ["graph_step", "pipeline", "photo_size"]
+    assert all(x["wall_s"] > 0 for x in r["steps"]) and r["wall_s"] >= sum(x["wall_s"] for x in r["steps"])
+    assert r["budget_s"] == 900 and r["machine"]["processor"]
+    assert "no report" in capsys.readouterr().out  # the README is generated from benchmarks/results only
+
+    (results / "bench.json").unlink()
+    argv[argv.index("torch,fp32")] = "fp32,int4"  # pipeline.py refuses it: exit code 2
+    assert bench.main(argv) == 2
+    assert not (results / "bench.json").exists()

@@ -91,3 +91,22 @@ def test_pipeline_rounds_give_median_rows_per_round_ratios_and_the_highest_peak(
     assert peaks[("peak RSS, int8", "int8")] == 1250
     text = pipeline(r)
     assert "| 3.00x (2.00–3.00) |" in text and "(max 1,250)" in text and "| 1.00x |" in text
+
+
+def test_bench_line_gives_each_step_and_the_verdict_against_the_budget():
+    """benchmarks/bench.py's record: the whole run against its budget, each step's minutes, and the
+    pipeline step's configurations."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.report import bench
+
+    pipeline_args = ["--models", "m", "--configs", "torch,int8", "--rounds", "1", "--batch", "0", "--json", "p.json"]
+    r = {"budget_s": 900, "wall_s": 840.0, "machine": {"processor": "cpu", "cores": 2, "load_average": [1.0],
+                                                       "onnxruntime": "1", "avx2": True, "avx512f": False,
+                                                       "avx512_vnni": False},
+         "steps": [{"step": "graph_step", "arguments": [], "wall_s": 240.0},
+                   {"step": "pipeline", "arguments": pipeline_args, "wall_s": 420.0},
+                   {"step": "photo_size", "arguments": [], "wall_s": 180.0}]}
+    line = bench(r)
+    assert "**14.0 min**" in line and "`graph_step` 4.0, `pipeline` 7.0, `photo_size` 3.0 min" in line
+    assert "`--models m --configs torch,int8 --rounds 1 --batch 0`" in line and "within it" in line
+    assert "over it" in bench({**r, "wall_s": 901.0})
