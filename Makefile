@@ -55,13 +55,15 @@ quantize:
 	$(PY) -m moebius_edge.cli quantize --models $(MODELS) --precision $(PRECISION) $(if $(strip $(RECIPE)),--recipe $(RECIPE))
 
 BENCH_MODELS ?= out/bench-models
-# Configurations of benchmarks/pipeline.py (one process each); ratios are against the first.
-BENCH_CONFIGS ?= torch,fp32,int8,int8-low-memory
-# Times the configurations run in turn (medians and per-round ratios; the README's table used 3).
-BENCH_ROUNDS ?= 1
-# Photos per folder run (images per minute, sessions kept) of each ONNX Runtime configuration (0: none;
-# each folder run costs about two inpaintings, beyond the 15-minute budget at 2 photos).
-BENCH_BATCH ?= 0
+# Optional, with benchmarks/bench.py's defaults where unset (its --help):
+#   BENCH_CONFIGS  configurations of benchmarks/pipeline.py, one process each, ratios against the first
+#                  (torch,fp32,int8,int8-low-memory)
+#   BENCH_ROUNDS   times the configurations run in turn: medians and per-round ratios (1; the README's table used 3)
+#   BENCH_BATCH    photos of a folder run (images per minute, sessions kept) per ONNX Runtime configuration
+#                  (0: none; each costs about two inpaintings, beyond the 15-minute budget at 2 photos)
+BENCH_CONFIGS ?=
+BENCH_ROUNDS ?=
+BENCH_BATCH ?=
 
 # The CPU benchmarks on an existing full-size random-init folder with its variants (bench-models
 # makes one), timed against issue 12's 15 minutes (benchmarks/bench.py): each network alone,
@@ -70,7 +72,8 @@ BENCH_BATCH ?= 0
 # table (met or missed, and the benchmark that profiles a miss) and the run's time. Meant for a
 # quiet machine: every JSON records its load.
 bench:
-	$(PY) benchmarks/bench.py --models $(BENCH_MODELS) --configs $(BENCH_CONFIGS) --rounds $(BENCH_ROUNDS) --batch $(BENCH_BATCH)
+	$(PY) benchmarks/bench.py --models $(BENCH_MODELS) $(if $(BENCH_CONFIGS),--configs $(BENCH_CONFIGS)) \
+		$(if $(BENCH_ROUNDS),--rounds $(BENCH_ROUNDS)) $(if $(BENCH_BATCH),--batch $(BENCH_BATCH))
 
 # Full-size (512x512) random-init export and its gated variants: ~7 min, then ~1 h on 2 cores.
 bench-models:

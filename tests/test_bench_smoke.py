@@ -258,23 +258,23 @@ def test_graph_memory_keeps_a_reshaped_buffer_alive_until_its_alias_is_used():
 
 
 def test_bench_runs_the_steps_in_turn_and_records_their_time(random_tiny, tmp_path, monkeypatch, capsys):
-    """benchmarks/bench.py (`make bench`): every step in its own process with its JSON in the results
-    folder, then bench.json with each step's wall time; a failing step stops the run with its exit
-    code and writes no bench.json. Shortened steps: the tiny model (fp32 only) at 2 steps and small photos."""
+    """benchmarks/bench.py (`make bench`): every step in its own process, from the caller's folder,
+    with its JSON in the results folder, then bench.json with each step's wall time, and the report
+    only for benchmarks/results; a failing step stops the run with its exit code and writes no
+    bench.json. Shortened steps: the tiny model (fp32 only) at 2 steps and small photos."""
     sys.path.insert(0, str(ROOT))
     from benchmarks import bench
 
     full = bench.steps
-    defaults = {name: args for name, args in full(bench.argparse.Namespace(
-        models=str(random_tiny), results=str(tmp_path), configs="torch,fp32", rounds=1, batch=0))}
-    assert defaults["photo_size"][defaults["photo_size"].index("--megapixels"):][:3] == ["--megapixels", "1", "24"]
     short = {"graph_step": [], "pipeline": ["--steps", "2"],
-             "photo_size": ["--precision", "fp32", "--steps", "2", "--megapixels", "0.1", "--hole-px", "64", "--holes", "128",
-                           "--hole-photo-mp", "0.1"]}
+             "photo_size": ["--precision", "fp32", "--steps", "2", "--megapixels", "0.1", "--hole-px", "64",
+                            "--holes", "128", "--hole-photo-mp", "0.1"]}
     monkeypatch.setattr(bench, "steps", lambda args: [(name, a + short[name]) for name, a in full(args)])
-    results = tmp_path / "results"
-    argv = ["--models", str(random_tiny), "--configs", "torch,fp32", "--results", str(results)]
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(random_tiny, "models")
+    argv = ["--models", "models", "--configs", "torch,fp32@models", "--results", "results"]  # relative to the caller
     assert bench.main(argv) == 0
+    results = tmp_path / "results"
     assert {p.name for p in results.iterdir()} == {"graph_step.json", "pipeline.json", "photo_size.json", "bench.json"}
     r = json.loads((results / "bench.json").read_text())
     assert [x["step"] for x in r["steps"]] == ["graph_step", "pipeline", "photo_size"]
@@ -282,7 +282,22 @@ def test_bench_runs_the_steps_in_turn_and_records_their_time(random_tiny, tmp_pa
     assert r["budget_s"] == 900 and r["machine"]["processor"]
     assert "no report" in capsys.readouterr().out  # the README is generated from benchmarks/results only
 
+    reports = []
+    monkeypatch.setattr(bench, "RESULTS", results)  # as if these were benchmarks/results
+    monkeypatch.setattr(bench, "steps", lambda args: [(n, a) for n, a in full(args) if n == "pipeline"])
+    monkeypatch.setattr("benchmarks.report.main", lambda argv: reports.append(argv) or 0)
+    argv[3] = "fp32"
+    assert bench.main(argv) == 0 and reports == [[]]
     (results / "bench.json").unlink()
-    argv[argv.index("torch,fp32")] = "fp32,int4"  # pipeline.py refuses it: exit code 2
-    assert bench.main(argv) == 2
+    argv[3] = "fp32,int4"  # pipeline.py refuses it: exit code 2
+    assert bench.main(argv) == 2 and reports == [[]]
     assert not (results / "bench.json").exists()
+
+
+def test_bench_refuses_a_folder_without_a_manifest(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import bench
+
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--models", str(tmp_path)])
+    assert e.value.code == 2 and "make bench-models" in capsys.readouterr().err
