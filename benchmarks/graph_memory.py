@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.inputs import unet_feed, vae_feed  # noqa: E402
 from benchmarks.machine_info import describe  # noqa: E402
 from moebius_edge import contract  # noqa: E402
-from moebius_edge.models import open_models  # noqa: E402
+from moebius_edge.models import external_data_path, open_models  # noqa: E402
 from moebius_edge.session import release_memory  # noqa: E402
 
 SETTINGS = ("runtime", "low-memory", "arena", "no arena", "untrimmed", "pre-optimised", "extended")
@@ -84,15 +84,24 @@ def _options(setting: str, tmp: Path, path: Path, graph: str):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     if setting == "pre-optimised":
         pre = _session_options(SessionConfig(provider="cpu"), graph)
-        pre.optimized_model_filepath = str(tmp / "optimised.onnx")
+        _write_optimised(pre, path, tmp / "optimised.onnx")
         ort.InferenceSession(str(path), pre, providers=["CPUExecutionProvider"])
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         return so, tmp / "optimised.onnx"
     if setting == "runtime":
         so.enable_profiling = True
         so.profile_file_prefix = str(tmp / "profile")
-        so.optimized_model_filepath = str(tmp / "ran.onnx")  # names of the nodes the profile times
+        _write_optimised(so, path, tmp / "ran.onnx")  # names of the nodes the profile times
     return so, path
+
+
+def _write_optimised(so, src: Path, dst: Path) -> None:
+    """Have the session ``so`` of ``src`` write its optimised graph to ``dst``; a graph whose weights
+    are in a sidecar (the UNet's) gets one of its own beside ``dst``."""
+    so.optimized_model_filepath = str(dst)
+    if external_data_path(src).is_file():
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                    external_data_path(dst).name)
 
 
 def _child(models_dir: str, precision: str, graph: str, setting: str) -> dict:

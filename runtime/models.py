@@ -253,8 +253,13 @@ def check_onnxruntime(m: ModelsFolder, installed: str | None = None) -> None:
 
 
 def source_digests(fp32_manifest: dict) -> dict:
-    """{graph key: SHA-256} of the FP32 graphs a variant is made from (its ``source_graphs``)."""
-    return {k: v[contract.GRAPH_SHA256] for k, v in fp32_manifest[contract.MANIFEST_GRAPHS].items()}
+    """{graph key: SHA-256} of the FP32 graphs a variant is made from (its ``source_graphs``); a
+    graph with a sidecar adds ``+`` and the sidecar's, which holds its weights."""
+    def digest(entry: dict) -> str:
+        sidecar = entry.get(contract.GRAPH_EXTERNAL_DATA)
+        return entry[contract.GRAPH_SHA256] + (f"+{sidecar[contract.GRAPH_SHA256]}" if isinstance(sidecar, dict) else "")
+
+    return {k: digest(v) for k, v in fp32_manifest[contract.MANIFEST_GRAPHS].items()}
 
 
 def check_source(variant: ModelsFolder) -> None:

@@ -135,6 +135,13 @@ def test_metadata_and_manifest_round_trip(tiny_models_dir):
         path = tiny_models_dir / entry["file"]
         assert entry["sha256"] == sha256_file(path)
         assert entry["bytes"] == path.stat().st_size
+        # The UNet's weights in a sidecar that ORT maps, readable like its graph; the VAE's inline.
+        sidecar = entry.get(contract.GRAPH_EXTERNAL_DATA)
+        assert (sidecar is not None) == graph.mapped_weights, graph.key
+        if sidecar:
+            data = tiny_models_dir / sidecar["file"]
+            assert data.stat().st_size > path.stat().st_size and sidecar["sha256"] == sha256_file(data)
+            assert data.stat().st_mode & 0o777 == path.stat().st_mode & 0o777
         assert manifest["parity"][graph.key]["rel_l2"] <= onnx_export.PARITY_REL_L2
         # The runtime reads metadata without the onnx package: through ORT.
         meta = _session(path).get_modelmeta().custom_metadata_map

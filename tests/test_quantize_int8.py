@@ -51,6 +51,7 @@ def test_int8_variant_of_the_standin_passes_its_gate(int8_dir, tmp_path):
     root, _ = int8_dir
     variant = models.open_models(root, "int8")
     variant.verify()
+    assert [p.name for p, _ in variant.files(contract.UNET)] == ["unet.onnx", "unet.onnx.data"]  # mapped weights
     assert variant.quantize_gate[contract.GATE_STATUS] == contract.GATE_PASSED and variant.quantize_gate["enforced"]
     report = json.loads((variant.folder / contract.QUANTIZE_REPORT_FILE).read_text())
     assert report["end_to_end"]["hole_psnr_min_db"] >= 28.0 and report["unet"]["cosine_mean"] >= 0.99
@@ -64,6 +65,8 @@ def test_int8_variant_of_the_standin_passes_its_gate(int8_dir, tmp_path):
     # Sigmoid and three Mul per stage), not on dequantized float copies; no other Sigmoid is quantized.
     so = ort.SessionOptions()
     so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    # its weights in a sidecar beside it (the graph's own is not beside this copy)
+    so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.onnx.data")
     ort.InferenceSession(str(variant.graph_path(contract.UNET)), so, providers=["CPUExecutionProvider"])
     optimized = onnx.load(so.optimized_model_filepath).graph
     fused = [n.op_type for n in optimized.node]
@@ -196,9 +199,10 @@ def test_recipe_rebuilds_the_same_graph(int8_dir, int8_data):
                            activation_type=rcp.activation_type, method=rcp.calibration_method).proto
     shipped = onnx.load(str(models.open_models(root, "int8").graph_path(contract.UNET)))
 
-    def content(p):
-        return ([(n.op_type, n.name, tuple(n.input), tuple(n.output)) for n in p.graph.node],
-                {t.name: t.SerializeToString() for t in p.graph.initializer})
+    def content(p):  # values, not serialisations: a tensor read from a sidecar marks where it was
+        values = {t.name: (t.data_type, tuple(t.dims), onnx.numpy_helper.to_array(t).tobytes())
+                  for t in p.graph.initializer}
+        return [(n.op_type, n.name, tuple(n.input), tuple(n.output)) for n in p.graph.node], values
 
     assert content(again) == content(shipped)
 
