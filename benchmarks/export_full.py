@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from moebius_edge import contract
-from moebius_edge.models import open_models
+from moebius_edge.models import open_models, total_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # a script: benchmarks.* from the checkout
@@ -55,7 +55,7 @@ def main():
     parity = manifest.get(contract.META_PARITY)
     for spec in contract.GRAPHS:
         g = manifest.entry(spec)
-        print(f"| {g[contract.GRAPH_FILE]} | {g[contract.GRAPH_BYTES] / 2**20:.1f} | {parity[spec.key]['rel_l2']:.2e} |")
+        print(f"| {g[contract.GRAPH_FILE]} | {total_bytes(g) / 2**20:.1f} | {parity[spec.key]['rel_l2']:.2e} |")
     result = {"preset": args.preset, "image_side": args.image_size, "machine": describe(), "wall_s": wall,
               "peak_rss_mb": peak_mb,
               "stages": [{"stage": n, "seconds": s, "peak_rss_mb_so_far": r} for n, s, r in stages],

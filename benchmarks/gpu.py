@@ -6,7 +6,7 @@ extras: a CPU onnxruntime and onnxruntime-gpu cannot share an environment).
     python benchmarks/gpu.py --models DIR [--reps 50] [--dtypes fp32,fp16,bf16] [--no-compile]
 
 DIR is a ``moebius-edge export --random-init --seed S`` folder (the modules are rebuilt from its
-seed; only its unet.onnx and manifest travel to the GPU machine). Anchors for this model on an
+seed; only its unet.onnx with unet.onnx.data and the manifest travel to the GPU machine). Anchors for this model on an
 H100 (issue 12): official eager fp32 63.7 ms and bf16 48.7 ms per CFG step; an export-friendly
 rewrite with bf16 + torch.compile + CUDA graphs 18.5 ms; the paper reports 26.01 ms.
 

@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 
 from moebius_edge import contract
-from moebius_edge.models import open_models
+from moebius_edge.models import open_models, total_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # a script: benchmarks.* from the checkout
@@ -300,7 +300,7 @@ def main(argv=None) -> int:
                   f"({b['wall_s']:.1f} s with loading), peak RSS {b['peak_rss_mb']:.0f} MB")
     result = {"benchmark": "pipeline_512", "machine": machine, "models_provenance": manifest.provenance,
               "threads": args.threads, "steps": args.steps, "rounds": args.rounds,
-              "graph_bytes": {s.key: manifest.entry(s)[contract.GRAPH_BYTES] for s in contract.GRAPHS}, "runs": rows}
+              "graph_bytes": {s.key: total_bytes(manifest.entry(s)) for s in contract.GRAPHS}, "runs": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {args.json}")

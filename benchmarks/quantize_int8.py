@@ -71,6 +71,12 @@ CANDIDATES = (
 )
 
 
+def _file_bytes(path: Path) -> int:
+    """A graph's size on disk, with its external-data sidecar (the UNet's weights) if it has one."""
+    sidecar = models.external_data_path(path)
+    return path.stat().st_size + (sidecar.stat().st_size if sidecar.is_file() else 0)
+
+
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -208,7 +214,7 @@ def full_tradeoff(ctx: Context, keep: Path, names=()) -> list:
         G.save(r.proto, keep / f"{name}.onnx")
         rows.append({"name": name, "what": what, "exclude": list(groups), "activation_type": act,
                      "models": str(ctx.fp32.root),
-                     "unet_ratio": (keep / f"{name}.onnx").stat().st_size / ctx.fp32.graph_path(contract.UNET).stat().st_size,
+                     "unet_ratio": _file_bytes(keep / f"{name}.onnx") / _file_bytes(ctx.fp32.graph_path(contract.UNET)),
                      "eps": ctx.eps(r.proto), "quantize_s": q_s})
         logging.info("full %s: size %.1f %%, eps cosine %.4f", name, 100 * rows[-1]["unet_ratio"],
                      rows[-1]["eps"]["cosine_mean"])

@@ -6,8 +6,9 @@ with onnxsim, records provenance in ONNX metadata, runs ONNX Runtime against the
 PyTorch reference on seeded inputs and raises ``ParityError`` beyond ``PARITY_REL_L2``.
 Files are written under a temporary name and renamed; ``export_models`` stages all three graphs
 and the manifest in a private folder and moves them into place only when every gate passed, so
-an interrupted export never leaves a half-written model. A graph over protobuf's 2 GB limit
-keeps its weights in one ``<graph>.onnx.data`` sidecar, moved, hashed and listed with it.
+an interrupted export never leaves a half-written model. The UNet (``GraphSpec.mapped_weights``),
+and any graph over protobuf's 2 GB limit, keeps its weights in one ``<graph>.onnx.data`` sidecar,
+moved, hashed and listed with it.
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 # The TorchScript exporter (dynamo=False) at opset 17 reproduces the reference to 1.6e-6; the
 # dynamo exporter is not used.
 ONNX_OPSET = 17
-# Above this size a graph is written with external data (protobuf's 2 GB limit, with margin).
+# Above this size any graph is written with external data (protobuf's 2 GB limit, with margin);
+# the UNet always is (GraphSpec.mapped_weights).
 EXTERNAL_DATA_THRESHOLD_BYTES = onnx_files.EXTERNAL_DATA_THRESHOLD_BYTES
 # Parity gate: relative L2 error of ONNX Runtime against the unfused PyTorch model (measured
 # ≤ 1.2e-5 at full size, benchmarks/results/export_full.json).
@@ -386,7 +388,7 @@ def export_models(model: RemovalModel, vae, scaling_factor: float, out_dir, *, p
         (out_dir / contract.MANIFEST_FILE).unlink(missing_ok=True)
         models.purge_variants(out_dir)
         for graph in contract.GRAPHS:
-            for name in (graph.file, models.external_data_path(graph.file).name):
+            for name in (models.external_data_path(graph.file).name, graph.file):  # the data first
                 if (staging / name).exists():
                     os.replace(staging / name, out_dir / name)
                 else:

@@ -14,7 +14,7 @@ inference are deliberately not used, because they import torch whenever it is in
   converter leaves between two nodes kept in FP32 (they would round, and overflow, the very values
   the keep-list protects);
 * ``save`` (``moebius_edge.onnx_files``, shared with export): atomic write, with one external-data
-  sidecar over protobuf's 2 GB limit.
+  sidecar for the UNet (``GraphSpec.mapped_weights``) or over protobuf's 2 GB limit.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def load(path):
     return onnx.load(str(path))
 
 
-# Atomic saves with metadata and an external-data sidecar: shared with the export stage.
+# Atomic saves with metadata and, where the contract maps weights, a sidecar: shared with export.
 save, metadata, set_metadata = onnx_files.save, onnx_files.metadata, onnx_files.set_metadata
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moebius_edge import models
+from moebius_edge import models, onnx_files
 from moebius_edge.errors import UserError
 from moebius_edge.quantize import graph as G
 
@@ -206,17 +206,17 @@ def pre_process(src: Path, dst: Path) -> Path:
     it is installed) out of the process."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    name = src.name
-    if models.external_data_path(src).is_file():
-        # Weights in a sidecar (the UNet's, GraphSpec.mapped_weights): the optimiser gets a one-file
-        # copy. Its external-data path orders and folds the graph otherwise (measured on the tiny
-        # UNet: other node order, so other stable names), and a recipe names nodes by them.
-        import onnx
-
-        inline = dst.with_name(f"source-{src.name}")
-        onnx.save(G.load(src), str(inline))
-        src = inline
+    name, sidecar = src.name, models.external_data_path(src)
     try:
+        if sidecar.is_file() and src.stat().st_size + sidecar.stat().st_size < onnx_files.EXTERNAL_DATA_THRESHOLD_BYTES:
+            # Weights in a sidecar (the UNet's, GraphSpec.mapped_weights): the optimiser gets a one-file
+            # copy. Its external-data path orders and folds the graph otherwise (measured on the tiny
+            # UNet: other node order, so other stable names), and a recipe names nodes by them.
+            import onnx
+
+            inline = dst.with_name(f"source-{src.name}")
+            onnx.save(G.load(src), str(inline))
+            src = inline
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
     except Exception as e:  # ORT raises bare Exceptions here; one line for the user
         raise UserError(f"quant_pre_process failed on {name}: {e}") from None

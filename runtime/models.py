@@ -253,13 +253,10 @@ def check_onnxruntime(m: ModelsFolder, installed: str | None = None) -> None:
 
 
 def source_digests(fp32_manifest: dict) -> dict:
-    """{graph key: SHA-256} of the FP32 graphs a variant is made from (its ``source_graphs``); a
-    graph with a sidecar adds ``+`` and the sidecar's, which holds its weights."""
-    def digest(entry: dict) -> str:
-        sidecar = entry.get(contract.GRAPH_EXTERNAL_DATA)
-        return entry[contract.GRAPH_SHA256] + (f"+{sidecar[contract.GRAPH_SHA256]}" if isinstance(sidecar, dict) else "")
-
-    return {k: digest(v) for k, v in fp32_manifest[contract.MANIFEST_GRAPHS].items()}
+    """{graph key: SHA-256} of the FP32 graphs a variant is made from (its ``source_graphs``). The
+    graph file's digest covers a sidecar's weights too: its metadata names them (provenance and
+    the checkpoint's SHA-256, ``contract.META_WEIGHTS_SHA256``)."""
+    return {k: v[contract.GRAPH_SHA256] for k, v in fp32_manifest[contract.MANIFEST_GRAPHS].items()}
 
 
 def check_source(variant: ModelsFolder) -> None:
@@ -297,8 +294,15 @@ def graph_entry(path, folder) -> dict:
     return entry
 
 
+def total_bytes(entry: dict) -> int:
+    """A graph entry's size on disk: its file and its external-data sidecar, if it has one."""
+    sidecar = entry.get(contract.GRAPH_EXTERNAL_DATA)
+    return int(entry[contract.GRAPH_BYTES]) + (int(sidecar[contract.GRAPH_BYTES]) if isinstance(sidecar, dict) else 0)
+
+
 def external_data_path(graph_path) -> Path:
-    """Where a graph over protobuf's 2 GB limit keeps its weights (one sidecar per graph)."""
+    """Where a graph keeps its weights when they are not in its file: a ``mapped_weights`` graph
+    (the UNet), or one over protobuf's 2 GB limit (one sidecar per graph)."""
     graph_path = Path(graph_path)
     return graph_path.with_name(graph_path.name + contract.EXTERNAL_DATA_SUFFIX)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from moebius_edge import contract
 from moebius_edge.commands import check_writable_folder, require
 from moebius_edge.errors import UserError
+from moebius_edge.models import total_bytes
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def _export(args):
         static_batch=args.static_batch, local_files_only=args.local_files_only, cache_dir=args.cache_dir)
     parity_key, provenance_key = (contract.manifest_key(k) for k in (contract.META_PARITY, contract.META_PROVENANCE))
     for key, g in manifest[contract.MANIFEST_GRAPHS].items():
-        print(f"{args.out}/{g[contract.GRAPH_FILE]}  {g[contract.GRAPH_BYTES] / 2**20:8.1f} MiB  "
+        print(f"{args.out}/{g[contract.GRAPH_FILE]}  {total_bytes(g) / 2**20:8.1f} MiB  "
               f"parity rel-L2 {manifest[parity_key][key]['rel_l2']:.2e}")
     print(f"{args.out}/{contract.MANIFEST_FILE}  provenance {manifest[provenance_key]}")
     if args.json:

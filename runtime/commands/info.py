@@ -31,7 +31,7 @@ _PRECISION, _VERSION, _TOOLKIT, _PROVENANCE, _IMAGE, _LATENT, _SCALING, _PARITY,
 
 
 def _variant(root: Path, precision: str) -> dict:
-    from moebius_edge.models import read_manifest
+    from moebius_edge.models import read_manifest, total_bytes
 
     folder = root / contract.precision_subdir(precision)
     manifest = read_manifest(folder)
@@ -39,9 +39,11 @@ def _variant(root: Path, precision: str) -> dict:
     for spec in contract.GRAPHS:
         entry = (manifest.get(contract.MANIFEST_GRAPHS) or {}).get(spec.key) or {}
         path = folder / entry.get(contract.GRAPH_FILE, spec.file)
+        sidecar = entry.get(contract.GRAPH_EXTERNAL_DATA)  # the UNet's weights (GraphSpec.mapped_weights)
+        present = path.is_file() and (not isinstance(sidecar, dict) or (folder / sidecar[contract.GRAPH_FILE]).is_file())
         graphs[spec.key] = {contract.GRAPH_FILE: os.path.relpath(path, root),
-                            contract.GRAPH_BYTES: entry.get(contract.GRAPH_BYTES),
-                            contract.GRAPH_SHA256: entry.get(contract.GRAPH_SHA256), "present": path.is_file(),
+                            contract.GRAPH_BYTES: total_bytes(entry) if contract.GRAPH_BYTES in entry else None,
+                            contract.GRAPH_SHA256: entry.get(contract.GRAPH_SHA256), "present": present,
                             # a variant that keeps a graph unchanged references the FP32 file
                             "shared_with_fp32": folder != root and os.path.normpath(path.parent) == os.path.normpath(root)}
     out = {k: manifest.get(k) for k in _SHOWN}
