@@ -17,11 +17,15 @@ second call, timed. Settings:
 * ``pre-optimised``: the runtime's options on the graph optimised once with the same level, saved,
   and loaded with optimisations off, so that no copy of the weights made before the layout change
   is left;
-* ``extended``: the runtime's options without the NCHWc layout (ORT_ENABLE_EXTENDED).
+* ``extended``: the runtime's options without the NCHWc layout (ORT_ENABLE_EXTENDED);
+* ``one file`` and ``mapped``: the runtime's options on the graph re-saved with its weights inside
+  it, or in a sidecar that ONNX Runtime maps (``GraphSpec.mapped_weights`` says which the contract
+  ships; needs the ``onnx`` package).
 
 (The ``runtime`` setting's calls run under the profiler: a little slower than the runtime's.)
 
-Per setting: the RSS after the session's creation, the peak RSS of the call and its seconds, as
+Per setting: the peak RSS of the session's creation (sampled the same way) and the RSS after it,
+the peak RSS of the call and its seconds, as
 medians and ranges over ``--repeats`` processes (the RSS a session is left with after its creation
 differs from process to process). For
 ``runtime`` also the profile: the node that runs at the peak, how much each block of the network
@@ -51,7 +55,8 @@ from moebius_edge import contract  # noqa: E402
 from moebius_edge.models import external_data_path, open_models  # noqa: E402
 from moebius_edge.session import release_memory  # noqa: E402
 
-SETTINGS = ("runtime", "low-memory", "arena", "no arena", "untrimmed", "pre-optimised", "extended")
+SETTINGS = ("runtime", "low-memory", "arena", "no arena", "untrimmed", "pre-optimised", "extended", "one file",
+            "mapped")
 SAMPLE_S = 0.002
 TOP = 6  # blocks and live tensors in the table
 PEAK_SLACK_MB = 8
@@ -88,6 +93,16 @@ def _options(setting: str, tmp: Path, path: Path, graph: str):
         ort.InferenceSession(str(path), pre, providers=["CPUExecutionProvider"])
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         return so, tmp / "optimised.onnx"
+    if setting in ("one file", "mapped"):
+        import onnx
+
+        dst, mapped = tmp / path.name, setting == "mapped"
+        proto = onnx.load(str(path))
+        onnx.save_model(proto, str(dst), save_as_external_data=mapped, all_tensors_to_one_file=True,
+                        location=external_data_path(dst).name if mapped else None)
+        del proto  # the parsed copy is gone (and trimmed) before the session is measured
+        release_memory()
+        return so, dst
     if setting == "runtime":
         so.enable_profiling = True
         so.profile_file_prefix = str(tmp / "profile")
@@ -115,7 +130,21 @@ def _child(models_dir: str, precision: str, graph: str, setting: str) -> dict:
         tmp = Path(tmp)
         so, path = _options(setting, tmp, models.graph_path(spec), spec.key)
         base = _rss_mb()
+        # The session's creation, sampled too: parsing the file and copying the weights out of it
+        # can peak above what the session keeps (a graph's weights in its file: both copies at once).
+        creation, created = [], threading.Event()
+
+        def sample_creation():
+            while not created.is_set():
+                creation.append(_rss_mb())
+                time.sleep(SAMPLE_S)
+
+        th = threading.Thread(target=sample_creation)
+        th.start()
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        created.set()
+        th.join()
+        load_peak = max(creation + [_rss_mb()])
         if setting != "untrimmed":
             release_memory()
         loaded = _rss_mb()
@@ -138,7 +167,7 @@ def _child(models_dir: str, precision: str, graph: str, setting: str) -> dict:
         t = time.perf_counter()
         sess.run(None, feed)
         seconds = time.perf_counter() - t
-        out = {"setting": setting, "rss_start_mb": base, "rss_after_load_mb": loaded,
+        out = {"setting": setting, "rss_start_mb": base, "load_peak_rss_mb": load_peak, "rss_after_load_mb": loaded,
                "peak_rss_mb": max(v for _, v in samples), "call_s": seconds}
         if setting == "runtime":
             out["profile"] = _profile(sess.end_profiling(), tmp / "ran.onnx", samples, t0)
@@ -217,7 +246,7 @@ def _profile(trace_file: str, ran: Path, samples: list, t0: float) -> dict:
 def _summary(setting: str, rs: list) -> dict:
     """One setting over its processes: the medians, the ranges, and the first process's profile."""
     out = {"setting": setting, "processes": rs}
-    for key in ("rss_after_load_mb", "peak_rss_mb", "call_s"):
+    for key in ("load_peak_rss_mb", "rss_after_load_mb", "peak_rss_mb", "call_s"):
         values = [r[key] for r in rs]
         out[key] = statistics.median(values)
         out[f"{key}_range"] = [min(values), max(values)]
@@ -263,7 +292,7 @@ def main(argv=None) -> int:
     print(f"wrote {args.json}\n")
     for r in runs:
         lo, hi = r["peak_rss_mb_range"]
-        print(f"{r['setting']:<14} after load {r['rss_after_load_mb']:,.0f} MB, call peak {r['peak_rss_mb']:,.0f} MB "
+        print(f"{r['setting']:<14} load peak {r['load_peak_rss_mb']:,.0f} MB, after load {r['rss_after_load_mb']:,.0f} MB, call peak {r['peak_rss_mb']:,.0f} MB "
               f"({lo:,.0f}–{hi:,.0f}), {r['call_s']:.2f} s")
     p = next((r["profile"] for r in runs if "profile" in r), None)
     if p:

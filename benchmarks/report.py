@@ -242,13 +242,15 @@ def graph_memory(r: dict) -> str:
              f"{'a process of its own' if n == 1 else f'{n} processes of its own, taken in turn (medians, min–max)'}, "
              "RSS sampled every 2 ms through the first call (`benchmarks/graph_memory.py"
              f"{f' --repeats {n}' if n > 1 else ''}`; {_machine_line(r['machine'])}):", "",
-             "| setting | RSS after load MB | peak RSS of the call MB | call s |", "|---|---|---|---|"]
+             "| setting | peak RSS of the load MB | RSS after load MB | peak RSS of the call MB | call s |",
+             "|---|---|---|---|---|"]
 
     def cell(x, key, fmt):
         lo, hi = x.get(f"{key}_range", (x[key], x[key]))
         return format(x[key], fmt) + (f" ({lo:{fmt}}–{hi:{fmt}})" if n > 1 and lo != hi else "")
 
-    lines += [f"| {x['setting']} | {cell(x, 'rss_after_load_mb', ',.0f')} | {cell(x, 'peak_rss_mb', ',.0f')} | "
+    lines += [f"| {x['setting']} | {cell(x, 'load_peak_rss_mb', ',.0f') if 'load_peak_rss_mb' in x else '–'} | "
+              f"{cell(x, 'rss_after_load_mb', ',.0f')} | {cell(x, 'peak_rss_mb', ',.0f')} | "
               f"{cell(x, 'call_s', '.2f')} |" for x in r["runs"]]
     p = next((x["profile"] for x in r["runs"] if "profile" in x), None)
     if p:
@@ -392,7 +394,7 @@ def _spread(run: dict, key: str) -> str:
     return f" ({min(values):.2f}–{max(values):.2f})" if key == "speedup_vs_first" else f" (max {max(values):,.0f})"
 
 
-def pipeline(r: dict) -> str:
+def pipeline(r: dict, figure: bool = True) -> str:
     runs = r["runs"]
     first = runs[0]
     rounds = r.get("rounds", 1)
@@ -421,7 +423,8 @@ def pipeline(r: dict) -> str:
         lines += [f"| {_pipeline_label(run)} | {run['batch']['images']} | {run['batch']['images_per_min']:.2f} | "
                   f"{run['batch']['wall_s'] / run['batch']['images']:.1f} | {run['batch']['peak_rss_mb']:,.0f} |"
                   for run in batches]
-    lines += ["", "![Seconds and peak RSS per phase and configuration](docs/figures/pipeline.png)"]
+    if figure:  # drawn from benchmarks/results/pipeline.json only
+        lines += ["", "![Seconds and peak RSS per phase and configuration](docs/figures/pipeline.png)"]
     return "\n".join(lines)
 
 
@@ -503,9 +506,11 @@ RENDERERS = {"thin_strokes": thin_strokes, "quantize_fp16": quantize_fp16, "quan
              "graph_step": graph_step, "pipeline": pipeline, "bundle": bundle, "bundle_memory": bundle_memory,
              "bundle_parity": bundle_parity, "photo_size": photo_size,
              "export_full": export_full, "encode_batch": encode_batch, "vae_tiling": vae_tiling,
-             "graph_memory": graph_memory, "targets": targets, "bench": bench}
+             "graph_memory": graph_memory, "targets": targets, "bench": bench,
+             "mapped_weights": lambda r: pipeline(r, figure=False), "graph_memory_unet_layout": graph_memory,
+             "graph_memory_decoder_layout": graph_memory}
 # Renderers whose JSON is another's (block name -> results file name).
-SOURCES = {"targets": "pipeline"}
+SOURCES = {"targets": "pipeline", "mapped_weights": "pipeline_mapped_weights"}  # the rest: the block's own name
 # The files that hold measured tables.
 DOCUMENTS = (README, ROOT / "docs" / "mobile.md")
 FIGURE = ROOT / "docs" / "figures" / "pipeline.png"

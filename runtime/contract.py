@@ -110,9 +110,10 @@ class GraphSpec:
     outputs: tuple
     # Weights in a ``<file>.data`` sidecar (EXTERNAL_DATA_SUFFIX) whatever the graph's size: ONNX
     # Runtime then maps them from the file instead of copying them out of the parsed graph. Set for
-    # the UNet: at 512² its session plus a step peaked at 1.90 GB (fp32) and 0.61 GB (int8) with
-    # inline weights and 1.17 and 0.45 GB mapped, at the same speed; the VAE graphs stay inline (the
-    # decoder's call peaked 0.13 GB higher and ran 7 % slower mapped). docs/contract.md §5.
+    # the UNet: the fp32 session's creation peaked at 2,133 MB with its weights in its file and
+    # 1,061 MB mapped, at the same step time (benchmarks/graph_memory.py); the VAE graphs stay one
+    # file (the decoder's creation peaks below its call, and mapped its call peaked higher).
+    # docs/contract.md §5, README §Numbers.
     mapped_weights: bool = False
 
     def input(self, name: str) -> TensorSpec:

@@ -238,10 +238,12 @@ def test_graph_memory_benchmark_profiles_each_setting(random_tiny, tmp_path):
     assert p["peak_node"] and p["blocks"] and p["live_at_peak"]
     assert any(b["block"].startswith("/decoder/up_blocks") for b in p["blocks"])
     # the UNet, whose weights are in a sidecar (GraphSpec.mapped_weights): its optimised copies get one too
-    proc = _bench("graph_memory.py", "--models", random_tiny, "--graph", "unet", "--settings", "runtime,pre-optimised",
+    settings = ["runtime", "pre-optimised", "one file", "mapped"]
+    proc = _bench("graph_memory.py", "--models", random_tiny, "--graph", "unet", "--settings", ",".join(settings),
                   "--repeats", "1", "--json", out)
     assert proc.returncode == 0, proc.stderr
-    assert [x["setting"] for x in json.loads(out.read_text())["runs"]] == ["runtime", "pre-optimised"]
+    runs = json.loads(out.read_text())["runs"]
+    assert [x["setting"] for x in runs] == settings and all(x["call_s"] > 0 for x in runs)
 
 
 def test_graph_memory_keeps_a_reshaped_buffer_alive_until_its_alias_is_used():
