@@ -73,6 +73,27 @@ def _feed(models, spec: contract.GraphSpec) -> dict:
     return vae_feed(spec, models.image_size, 0)
 
 
+def _sampled(fn):
+    """(``fn()``, [(time, RSS MB)]): the RSS every SAMPLE_S while ``fn`` runs, and before and after
+    it (a call shorter than one sampling period)."""
+    samples, done = [(time.perf_counter(), _rss_mb())], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            samples.append((time.perf_counter(), _rss_mb()))
+            time.sleep(SAMPLE_S)
+
+    th = threading.Thread(target=sample)
+    th.start()
+    try:
+        result = fn()
+    finally:
+        done.set()
+        th.join()
+    samples.append((time.perf_counter(), _rss_mb()))
+    return result, samples
+
+
 def _options(setting: str, tmp: Path, path: Path, graph: str):
     """(SessionOptions, graph file to load) for a setting."""
     import onnxruntime as ort
@@ -132,38 +153,14 @@ def _child(models_dir: str, precision: str, graph: str, setting: str) -> dict:
         base = _rss_mb()
         # The session's creation, sampled too: parsing the file and copying the weights out of it
         # can peak above what the session keeps (a graph's weights in its file: both copies at once).
-        creation, created = [], threading.Event()
-
-        def sample_creation():
-            while not created.is_set():
-                creation.append(_rss_mb())
-                time.sleep(SAMPLE_S)
-
-        th = threading.Thread(target=sample_creation)
-        th.start()
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        created.set()
-        th.join()
-        load_peak = max(creation + [_rss_mb()])
+        sess, creation = _sampled(lambda: ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]))
+        load_peak = max(v for _, v in creation)
         if setting != "untrimmed":
             release_memory()
         loaded = _rss_mb()
         # The first call is the one that grows the arena, so it is the one sampled; the second is timed.
-        samples, done = [], threading.Event()
-
-        def sample():
-            while not done.is_set():
-                samples.append((time.perf_counter(), _rss_mb()))
-                time.sleep(SAMPLE_S)
-
-        th = threading.Thread(target=sample)
-        t0 = time.perf_counter()
-        samples.append((t0, _rss_mb()))
-        th.start()
-        sess.run(None, feed)
-        done.set()
-        th.join()
-        samples.append((time.perf_counter(), _rss_mb()))  # a call shorter than one sampling period
+        _, samples = _sampled(lambda: sess.run(None, feed))
+        t0 = samples[0][0]
         t = time.perf_counter()
         sess.run(None, feed)
         seconds = time.perf_counter() - t
