@@ -31,7 +31,7 @@ from pathlib import Path
 
 from moebius_edge import contract, onnx_files
 from moebius_edge.errors import UserError
-from moebius_edge.models import ModelsFolder
+from moebius_edge.models import ModelsFolder, total_bytes
 
 log = logging.getLogger(__name__)
 
@@ -218,12 +218,12 @@ def make_static(models: ModelsFolder, spec: contract.GraphSpec, dst: Path, *, ba
     import onnx
 
     src = models.graph_path(spec)
-    size = sum(int(entry.get(contract.GRAPH_BYTES, 0)) for _, entry in models.files(spec))
+    size = total_bytes(models.entry(spec))  # with the UNet's sidecar (GraphSpec.mapped_weights)
     if size > onnx_files.EXTERNAL_DATA_THRESHOLD_BYTES:
         # An ORT-format file is one flatbuffer, which cannot exceed 2 GB, and a phone could not hold it.
         raise UserError(f"{src} and its weights take {size / 1e9:.1f} GB: too large for an ORT-format mobile "
                         f"graph; bundle a smaller precision (fp16 or int8)")
-    proto = onnx.load(str(src))  # with its external-data sidecar, if it has one (GraphSpec.mapped_weights)
+    proto = onnx.load(str(src))  # with its sidecar, if it has one
     check_graph(proto, spec, models, src)
     nodes_before = len(proto.graph.node)
     _fix_io(proto, batch, src)
