@@ -7,12 +7,14 @@ Each setting runs in a process of its own (RSS is per process): the session, a f
 the RSS sampled every 2 ms and ONNX Runtime's profiler on (the call that grows the arena), then a
 second call, timed. Settings:
 
-* ``runtime``: what ``GraphSession`` does for this graph: the runtime's session options
-  (``SessionConfig()``: all optimisations applied at load, no memory patterns, the CPU arena as
-  ``session.NO_ARENA`` says), then ``release_memory()``;
+* ``runtime``: what ``GraphSession`` does for this graph in a fresh process: the runtime's session
+  options (``SessionConfig()``: all optimisations applied at load, no memory patterns, the CPU
+  arena as ``session.NO_ARENA`` says or the process-wide one as ``session.uses_shared_arena``
+  says, the execution order as ``session.PRIORITY_ORDER_GRAPHS`` says), then ``release_memory()``;
 * ``low-memory``: what it does with ``--low-memory`` (``NO_ARENA``'s low-memory graphs, and glibc
   mapping large blocks: ``session.map_large_blocks``);
-* ``arena`` and ``no arena``: the runtime's options with ORT's CPU arena on, or off;
+* ``arena`` and ``no arena``: the runtime's options with the session's own CPU arena, or none;
+* ``default order``: the runtime's options with ONNX Runtime's default execution order;
 * ``untrimmed``: the runtime's options without ``release_memory()`` after the session's creation;
 * ``pre-optimised``: the runtime's options on the graph optimised once with the same level, saved,
   and loaded with optimisations off, so that no copy of the weights made before the layout change
@@ -55,8 +57,8 @@ from moebius_edge import contract  # noqa: E402
 from moebius_edge.models import external_data_path, open_models  # noqa: E402
 from moebius_edge.session import release_memory  # noqa: E402
 
-SETTINGS = ("runtime", "low-memory", "arena", "no arena", "untrimmed", "pre-optimised", "extended", "one file",
-            "mapped")
+SETTINGS = ("runtime", "low-memory", "arena", "no arena", "default order", "untrimmed", "pre-optimised", "extended",
+            "one file", "mapped")
 SAMPLE_S = 0.002
 TOP = 6  # blocks and live tensors in the table
 PEAK_SLACK_MB = 8
@@ -94,18 +96,24 @@ def _sampled(fn):
     return result, samples
 
 
-def _options(setting: str, tmp: Path, path: Path, graph: str):
+def _options(setting: str, tmp: Path, path: Path, graph: str, image_size: int):
     """(SessionOptions, graph file to load) for a setting."""
     import onnxruntime as ort
 
-    from moebius_edge.session import SessionConfig, _session_options, map_large_blocks
+    from moebius_edge.session import (SessionConfig, _session_options, map_large_blocks, register_shared_arena,
+                                      uses_shared_arena)
 
     low_memory = setting == "low-memory"
     if low_memory:
         map_large_blocks()
-    so = _session_options(SessionConfig(provider="cpu", low_memory=low_memory), graph)
+    config = SessionConfig(provider="cpu", low_memory=low_memory)
+    shared = (setting not in ("arena", "no arena") and uses_shared_arena(config, graph)
+              and register_shared_arena(image_size))
+    so = _session_options(config, graph, shared_arena=shared)
     if setting in ("arena", "no arena"):
         so.enable_cpu_mem_arena = setting == "arena"
+    if setting == "default order":
+        so.execution_order = ort.ExecutionOrder.DEFAULT
     if setting == "extended":
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     if setting == "pre-optimised":
@@ -149,7 +157,7 @@ def _child(models_dir: str, precision: str, graph: str, setting: str) -> dict:
     feed = {k: np.asarray(v) for k, v in _feed(models, spec).items()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        so, path = _options(setting, tmp, models.graph_path(spec), spec.key)
+        so, path = _options(setting, tmp, models.graph_path(spec), spec.key, models.image_size)
         base = _rss_mb()
         # The session's creation, sampled too: parsing the file and copying the weights out of it
         # can peak above what the session keeps (a graph's weights in its file: both copies at once).

@@ -14,7 +14,8 @@ Official outputs come from torch's CUDA generator and cannot be reproduced from 
 number for number, pass the four tensors as ``noise`` (the keys of ``NOISE_KEYS``).
 
 Sessions are created lazily and released after each phase (encode, denoise, decode), so at most
-one graph's memory is alive at a time; which graphs get ONNX Runtime's arena is ``session.NO_ARENA``.
+one graph's memory is alive at a time; which graphs get ONNX Runtime's arena is ``session.NO_ARENA``,
+and which compute in the process-wide one ``session.uses_shared_arena``.
 """
 from __future__ import annotations
 
@@ -114,9 +115,21 @@ class Inpainter:
                  keep_sessions: bool = False):
         self.models = models
         self.config = config
-        self.keep_sessions = keep_sessions  # True keeps all three sessions alive between calls
         self.graphs = {spec.key: GraphSession(models, spec, config) for spec in contract.GRAPHS}
+        self.keep_sessions = keep_sessions
         self.last_run = RunInfo()
+
+    @property
+    def keep_sessions(self) -> bool:
+        """True keeps all three sessions alive between calls (and computing in one arena:
+        ``session.uses_shared_arena``); set it before the first call."""
+        return self._keep_sessions
+
+    @keep_sessions.setter
+    def keep_sessions(self, keep: bool) -> None:
+        self._keep_sessions = bool(keep)
+        for g in self.graphs.values():
+            g.kept = self._keep_sessions
 
     @classmethod
     def from_models(cls, models_dir, precision: str = "fp32", providers="auto", *, threads: int = 0,

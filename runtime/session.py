@@ -9,8 +9,10 @@ This module only creates and feeds sessions; ``models.py`` reads and checks the 
   benchmarks/results/runtime.json), 2.9 GB when each is released after its phase, and 1.9 GB
   once results are copied out of ORT and memory patterns are off (``GraphSession.run``,
   ``_session_options``; benchmarks/pipeline.py measures it);
-* gives each graph the memory settings its tensors call for: ONNX Runtime's arena or not
-  (``NO_ARENA``), and in low-memory mode glibc's mapping of large blocks (``map_large_blocks``);
+* gives each graph the memory settings its tensors call for: its own ONNX Runtime arena or not
+  (``NO_ARENA``), the process-wide arena the VAE decoder computes in (``uses_shared_arena``), the
+  decoder's execution order (``PRIORITY_ORDER_GRAPHS``), and in low-memory mode glibc's mapping
+  of large blocks (``map_large_blocks``);
 * checks each graph's metadata (``session.get_modelmeta()``; the base install has no ``onnx``
   package) against the manifest, and feeds inputs by contract name after checking them against
   the contract's dtypes and the session's own declared shapes (docs/style.md §5).
@@ -122,6 +124,27 @@ def release_memory() -> None:
 #   with it (scratch runs), and slower; so the UNet always keeps it (fp32, before the mapping
 #   below: 1,904 MB without, 1,974 with; with the mapping 1,672).
 NO_ARENA = {False: (contract.VAE_DECODER.key,), True: (contract.VAE_DECODER.key, contract.VAE_ENCODER.key)}
+# Outside low-memory mode the VAE decoder computes in one process-wide arena instead (ONNX
+# Runtime's env allocator, registered by ``register_shared_arena``): its first region is sized
+# for the decoder at the models' image size, so it never grows by doubling, and its tensors reuse
+# pages instead of faulting in a fresh mapping each (virtual until touched: what RSS sees is what
+# the decoder uses). The arena stays with the process (ONNX Runtime cannot unregister it from
+# Python), so every later session computes in it too (``uses_shared_arena``) rather than beside
+# it, and so do all three when the sessions are kept across a batch. Measured at 512²
+# (benchmarks/pipeline.py, 3-step scratch runs, 2026-12-06; the README's tables are full runs):
+# the int8 run's decode 10.97 -> 8.93 s and its peak (the decode) 1,100 -> 988 MB; the fp32 run's
+# decode phase 1,251 -> 987 MB, its peak now the denoise's (1,138). With the encoder and the UNet
+# in it from the first image, the fp32 denoise would hold the encoder's pages: 1,138 -> 1,525 MB.
+SHARED_ARENA_GRAPHS = (contract.VAE_DECODER.key,)
+# The first region's size per pixel of the models' image (1.4 GB at 512², where the decoder touches
+# ~0.7 GB of it); ONNX Runtime takes an int, so at most 2 GiB - 1 (larger models grow the arena).
+SHARED_ARENA_BYTES_PER_PIXEL = 5600
+_SHARED_ARENA: dict = {}  # "bytes": the first region's size once registered; "failed": ORT refused
+# The VAE decoder's nodes run in ONNX Runtime's priority-based order: its default order keeps the
+# 512² stage's block inputs alive longer (fp32 decoder at 512², out/full3: peak 1,201 -> 988-1,073 MB
+# without an arena, 1,188 -> 932 MB in the shared arena at the same 8.9-9.1 s; the low-memory run's
+# decode phase 1,068 -> 940 MB at the same 11.0 s). The encoder's order changes nothing.
+PRIORITY_ORDER_GRAPHS = (contract.VAE_DECODER.key,)
 # Low-memory mode: glibc serves every block of at least this size with a mapping of its own,
 # returned to the system when the block is freed (M_MMAP_THRESHOLD). Its default threshold rises
 # to 32 MiB once large blocks are freed, and the blocks below it stay in the heap in pieces that
@@ -156,7 +179,39 @@ def uses_arena(config: SessionConfig, graph: str) -> bool:
     return graph not in NO_ARENA[bool(config.low_memory)]
 
 
-def _session_options(config: SessionConfig, graph: str = ""):
+def uses_shared_arena(config: SessionConfig, graph: str, *, kept: bool = False) -> bool:
+    """Whether the session of ``graph`` computes in the process-wide arena (see
+    ``SHARED_ARENA_GRAPHS``): never in low-memory mode (nor off the CPU: ``create_session``); the
+    decoder always; any graph once the arena exists, or when the sessions are ``kept`` alive together."""
+    if config.low_memory:
+        return False
+    return graph in SHARED_ARENA_GRAPHS or kept or "bytes" in _SHARED_ARENA
+
+
+def register_shared_arena(image_size: int) -> bool:
+    """Register the process-wide CPU arena once, its first region sized for ``image_size``²
+    (``SHARED_ARENA_BYTES_PER_PIXEL``); False where ONNX Runtime refuses (the sessions then keep
+    their own memory settings)."""
+    if "bytes" in _SHARED_ARENA or _SHARED_ARENA.get("failed"):
+        return "bytes" in _SHARED_ARENA
+    import onnxruntime as ort
+
+    size = min(SHARED_ARENA_BYTES_PER_PIXEL * int(image_size) ** 2, 2**31 - 1)
+    try:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 0,  # kNextPowerOfTwo
+                                                                 "initial_chunk_size_bytes": size}))
+    except Exception as e:  # noqa: BLE001 - an older build, or an allocator registered by someone else
+        log.debug("no shared ONNX Runtime arena (%s): each session keeps its own memory settings", e)
+        _SHARED_ARENA["failed"] = True
+        return False
+    _SHARED_ARENA["bytes"] = size
+    return True
+
+
+def _session_options(config: SessionConfig, graph: str = "", *, shared_arena: bool = False):
+    """A graph's session options; ``shared_arena``: it computes in the registered process-wide
+    arena instead of its own (``register_shared_arena`` first)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -168,26 +223,35 @@ def _session_options(config: SessionConfig, graph: str = ""):
     # with them and 1.4 GB without, the encoder 1.35 and 0.97 GB, the UNet the same either way; no
     # time difference beyond the machine's noise).
     so.enable_mem_pattern = False
-    so.enable_cpu_mem_arena = uses_arena(config, graph)
+    so.enable_cpu_mem_arena = shared_arena or uses_arena(config, graph)
+    if shared_arena:
+        so.add_session_config_entry("session.use_env_allocators", "1")
+    if graph in PRIORITY_ORDER_GRAPHS:
+        so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     so.log_severity_level = 3  # ORT's own warnings (e.g. unused initializers) are not the user's concern
     return so
 
 
-def create_session(path: Path, config: SessionConfig, label: str = "", graph: str = ""):
+def create_session(path: Path, config: SessionConfig, label: str = "", graph: str = "", *,
+                   shared_arena_for: int = 0):
     """An InferenceSession on the best available provider, retried on CPU if that one fails;
-    ``graph`` (a contract graph key) picks its memory settings."""
+    ``graph`` (a contract graph key) picks its memory settings; ``shared_arena_for``: the models'
+    image size, to compute in the process-wide arena (``register_shared_arena``) when the session
+    runs on the CPU (0: its own settings)."""
     import onnxruntime as ort
 
     chain = resolve_providers(config.provider)
     label = label or path.name
+    shared_arena = bool(shared_arena_for) and chain[0] == PROVIDERS["cpu"] and register_shared_arena(shared_arena_for)
     try:
-        sess = ort.InferenceSession(str(path), sess_options=_session_options(config, graph), providers=chain)
+        sess = ort.InferenceSession(str(path), sess_options=_session_options(config, graph, shared_arena=shared_arena),
+                                    providers=chain)
     except Exception as e:  # noqa: BLE001 - any EP failure (missing CUDA libs, CoreML compile) -> CPU
         if chain == [PROVIDERS["cpu"]]:
             raise UserError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0]}") from None
         log.warning("%s: %s failed (%s); falling back to CPU", label, chain[0], str(e).splitlines()[0])
         try:
-            sess = ort.InferenceSession(str(path), sess_options=_session_options(config, graph),
+            sess = ort.InferenceSession(str(path), sess_options=_session_options(config, graph, shared_arena=shared_arena),
                                         providers=[PROVIDERS["cpu"]])
         except Exception as e2:  # noqa: BLE001
             raise UserError(f"onnxruntime cannot load {path}: {str(e2).splitlines()[0]}") from None
@@ -213,6 +277,7 @@ class GraphSession:
         self._session = None
         self.provider = None  # what actually ran, once created
         self.load_seconds = 0.0
+        self.kept = False  # alive together with the other graphs' sessions (Inpainter.keep_sessions)
 
     @property
     def loaded(self) -> bool:
@@ -223,7 +288,9 @@ class GraphSession:
             t = time.perf_counter()
             if self.config.low_memory:
                 map_large_blocks()
-            sess = create_session(self.path, self.config, label=self.spec.key, graph=self.spec.key)
+            shared = uses_shared_arena(self.config, self.spec.key, kept=self.kept)
+            sess = create_session(self.path, self.config, label=self.spec.key, graph=self.spec.key,
+                                  shared_arena_for=self.models.image_size if shared else 0)
             self._check_metadata(sess)
             self._check_declared(sess)
             self._session = sess

@@ -212,32 +212,49 @@ def test_low_memory_and_threads(tiny_models_dir, golden):
     assert np.abs(out.astype(int) - golden["output_u8"]).max() <= 1
 
 
-@pytest.mark.parametrize("low_memory", [False, True])
-def test_each_graph_gets_its_memory_settings(tiny_models_dir, golden, monkeypatch, low_memory):
-    """The arena per graph and mode (session.NO_ARENA): the VAE decoder never has one, the encoder only
-    outside low-memory mode, the UNet always; low-memory mode also has glibc map large blocks, before
-    the first session is created."""
+@pytest.mark.parametrize("low_memory,keep", [(False, False), (False, True), (True, False)])
+def test_each_graph_gets_its_memory_settings(tiny_models_dir, golden, monkeypatch, low_memory, keep):
+    """The memory settings per graph and mode, over two calls in a fresh process's state: outside
+    low-memory mode the VAE decoder computes in the process-wide arena (session.uses_shared_arena),
+    and every session created once that arena exists, or all three when kept together; otherwise
+    each graph has its own arena or none (session.NO_ARENA). The decoder runs in priority-based
+    order. Low-memory mode also has glibc map large blocks, before the first session is created."""
     import onnxruntime as ort
 
     from moebius_edge import session
 
-    arena, events = {}, []
+    created, events = [], []
     real = ort.InferenceSession
 
     def spy(path, sess_options=None, **kw):
         sess = real(path, sess_options=sess_options, **kw)
         graph = sess.get_modelmeta().custom_metadata_map[contract.META_GRAPH]
-        arena[graph] = sess_options.enable_cpu_mem_arena
+        try:
+            shared = sess_options.get_session_config_entry("session.use_env_allocators") == "1"
+        except RuntimeError:  # not set
+            shared = False
+        created.append((graph, "shared" if shared else "own" if sess_options.enable_cpu_mem_arena else "none",
+                        sess_options.execution_order == ort.ExecutionOrder.PRIORITY_BASED))
         events.append(graph)
         return sess
 
     monkeypatch.setattr(ort, "InferenceSession", spy)
+    monkeypatch.setattr(session, "_SHARED_ARENA", {})  # as in a fresh process
     monkeypatch.setattr(session, "map_large_blocks", lambda: events.append("map"))
     inp = Inpainter.from_models(tiny_models_dir, providers=["CPUExecutionProvider"], low_memory=low_memory,
-                                verify=False)
-    inp.inpaint(golden["image_u8"], golden["mask_u8"], noise=golden, steps=2, fidelity="official")
-    assert arena == {contract.UNET.key: True, contract.VAE_ENCODER.key: not low_memory,
-                     contract.VAE_DECODER.key: False}
+                                verify=False, keep_sessions=keep)
+    for _ in range(2):
+        inp.inpaint(golden["image_u8"], golden["mask_u8"], noise=golden, steps=2, fidelity="official")
+    enc, unet, dec = contract.VAE_ENCODER.key, contract.UNET.key, contract.VAE_DECODER.key
+    if low_memory:
+        first = [(enc, "none", False), (unet, "own", False), (dec, "none", True)]
+        assert created == first * 2
+    elif keep:  # created once, all in the one arena
+        assert created == [(enc, "shared", False), (unet, "shared", False), (dec, "shared", True)]
+    else:
+        assert created == [(enc, "own", False), (unet, "own", False), (dec, "shared", True),
+                           (enc, "shared", False), (unet, "shared", False), (dec, "shared", True)]
+    assert ("bytes" in session._SHARED_ARENA) == (not low_memory)
     assert ("map" in events) == low_memory and (not low_memory or events[0] == "map")
 
 
