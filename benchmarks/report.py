@@ -399,7 +399,8 @@ def pipeline(r: dict, figure: bool = True) -> str:
     first = runs[0]
     rounds = r.get("rounds", 1)
     how = (f"`benchmarks/pipeline.py --rounds {rounds}`: the configurations in turn, {rounds} times; a row is the "
-           "configuration's median round, its ratio the median of the per-round ratios (their range in brackets), "
+           "configuration's median round, its ratio the median of the per-round ratios (of an even number, the "
+           "lower middle one; their range in brackets), "
            "its peak RSS the median round's (the highest round's in brackets)" if rounds > 1 else
            "`benchmarks/pipeline.py`")
     lines = [f"One {first['image_px'][0]}×{first['image_px'][1]} inpainting, {first['model_steps']} UNet steps + 2 VAE "

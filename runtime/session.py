@@ -242,17 +242,18 @@ def create_session(path: Path, config: SessionConfig, label: str = "", graph: st
 
     chain = resolve_providers(config.provider)
     label = label or path.name
-    shared_arena = bool(shared_arena_for) and chain[0] == PROVIDERS["cpu"] and register_shared_arena(shared_arena_for)
+    shared_arena = (bool(shared_arena_for) and chain[0] == PROVIDERS["cpu"]
+                    and register_shared_arena(shared_arena_for))
     try:
-        sess = ort.InferenceSession(str(path), sess_options=_session_options(config, graph, shared_arena=shared_arena),
-                                    providers=chain)
+        options = _session_options(config, graph, shared_arena=shared_arena)
+        sess = ort.InferenceSession(str(path), sess_options=options, providers=chain)
     except Exception as e:  # noqa: BLE001 - any EP failure (missing CUDA libs, CoreML compile) -> CPU
         if chain == [PROVIDERS["cpu"]]:
             raise UserError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0]}") from None
         log.warning("%s: %s failed (%s); falling back to CPU", label, chain[0], str(e).splitlines()[0])
         try:
-            sess = ort.InferenceSession(str(path), sess_options=_session_options(config, graph, shared_arena=shared_arena),
-                                        providers=[PROVIDERS["cpu"]])
+            options = _session_options(config, graph, shared_arena=shared_arena)
+            sess = ort.InferenceSession(str(path), sess_options=options, providers=[PROVIDERS["cpu"]])
         except Exception as e2:  # noqa: BLE001
             raise UserError(f"onnxruntime cannot load {path}: {str(e2).splitlines()[0]}") from None
     active = sess.get_providers()
