@@ -6,7 +6,8 @@ configuration is ``PRECISION[-MODE]`` or ``torch``:
 * ``fp32``, ``fp16``, ``int8``  the NumPy runtime on ONNX Runtime (no torch) with that models
                                 folder: sessions created lazily and released after each phase
                                 (what `moebius-edge run` does);
-* ``…-low-memory``              the same with ORT's CPU arena off (``--low-memory``);
+* ``…-low-memory``              the same in the runtime's low-memory mode (``--low-memory``: no arena
+                                for the VAE graphs, large blocks mapped on their own);
 * ``…-keep``                    all three sessions kept alive (``Inpainter(keep_sessions=True)``):
                                 what the lazy release saves;
 * ``torch``                     the same pipeline with the PyTorch modules in eager mode
@@ -17,6 +18,10 @@ configuration is ``PRECISION[-MODE]`` or ``torch``:
 
     .venv/bin/python benchmarks/pipeline.py [--models models] [--configs torch,fp32,int8]
                                             [--steps 20] [--threads 0] [--batch N] [--json FILE]
+
+``--calls N`` has each process inpaint N times in a row without keeping sessions (a library caller's
+loop): a row stays the first call's, and the JSON adds each later call's time and peaks
+(``later_calls``): what the process keeps from one call to the next (the VAE decoder's arena).
 
 ``--batch N`` also times, per ONNX Runtime configuration and in a process of its own, `moebius-edge
 run` over a folder of N native-size photos (the centres of tests/data/photos, one hole each): images
@@ -108,8 +113,9 @@ def _watch_phases(inp) -> dict:
     return peaks
 
 
-def worker(models: str, config: str, steps: int, threads: int) -> dict:
-    """One run in this process; returns timings and peak RSS."""
+def worker(models: str, config: str, steps: int, threads: int, calls: int = 1) -> dict:
+    """One run in this process (and ``calls - 1`` more of the same inpainting after it, as
+    ``later_calls``); returns timings and peak RSS."""
     import numpy as np
     from PIL import Image
 
@@ -140,6 +146,18 @@ def worker(models: str, config: str, steps: int, threads: int) -> dict:
     inp.inpaint(image, hole, seed=0, steps=steps)
     wall = time.perf_counter() - t
     info = inp.last_run
+    # Resetting VmHWM per phase (clear_refs) resets getrusage's peak too: the run's peak is the
+    # largest of the phases' and what getrusage saw since the last reset.
+    peak = round(max(_rss_mb(), *phase_peaks.values()), 1)
+    first_peaks, later = dict(phase_peaks), []
+    for _ in range(calls - 1):
+        phase_peaks.clear()
+        inp.inpaint(image, hole, seed=0, steps=steps)
+        s = inp.last_run.seconds
+        later.append({"compute_s": round(s["total"] - sum(s[k] for k in LOAD_PHASES), 3),
+                      "load_s": round(sum(s[k] for k in LOAD_PHASES), 3),
+                      "phase_peak_rss_mb": dict(phase_peaks), "peak_rss_mb": max(phase_peaks.values(), default=0.0)})
+    phase_peaks = first_peaks
     return {"config": config, "models": str(models), "models_provenance": open_models(models).provenance,
             "vae": {} if precision == TORCH else vae_precisions(models, precision),
             "image_px": [n, n], "model_steps": info.steps, "threads": threads,
@@ -150,11 +168,9 @@ def worker(models: str, config: str, steps: int, threads: int) -> dict:
             # the configurations are compared on; loading is reported apart.
             "compute_s": round(info.seconds["total"] - sum(info.seconds[k] for k in LOAD_PHASES), 3),
             "load_s": round(open_s + sum(info.seconds[k] for k in LOAD_PHASES), 3),
-            # Resetting VmHWM per phase (clear_refs) resets getrusage's peak too: the run's peak is
-            # the largest of the phases' and what getrusage saw since the last reset.
-            "peak_rss_mb": round(max(_rss_mb(), *phase_peaks.values()), 1), "rss_before_mb": round(base_mb, 1),
+            "peak_rss_mb": peak, "rss_before_mb": round(base_mb, 1),
             "phase_peak_rss_mb": phase_peaks,
-            "providers": info.providers}
+            "providers": info.providers, **({"later_calls": later} if later else {})}
 
 
 def batch_folder(folder: Path, n: int, side: int) -> tuple:
@@ -231,6 +247,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's choice)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the configurations this many times in turn: medians, per-round ratios")
+    ap.add_argument("--calls", type=int, default=1, metavar="N",
+                    help="inpaintings per process, in a row, sessions not kept (rows are the first call's)")
     ap.add_argument("--batch", type=int, default=0, metavar="N",
                     help="also time `moebius-edge run` over a folder of N photos per ONNX Runtime configuration")
     ap.add_argument("--json", default=str(ROOT / "benchmarks/results/pipeline.json"))
@@ -238,14 +256,14 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.models, args.worker, args.steps, args.threads)))
+        print(json.dumps(worker(args.models, args.worker, args.steps, args.threads, args.calls)))
         return 0
     if args.batch_worker:
         print(json.dumps(batch_worker(args.models, args.batch_worker, args.steps, args.threads, args.batch)))
         return 0
 
-    if args.rounds < 1:
-        ap.error("--rounds must be 1 or more")
+    if args.rounds < 1 or args.calls < 1:
+        ap.error("--rounds and --calls must be 1 or more")
     configs = [c for c in args.configs.split(",") if c]
     for c in configs:
         try:
@@ -262,7 +280,8 @@ def main(argv=None) -> int:
             for c in configs:
                 print(f"running {c}{f' (round {i + 1} of {args.rounds})' if args.rounds > 1 else ''} ...", flush=True)
                 proc = subprocess.run([sys.executable, __file__, "--worker", c, "--models", str(models),
-                                       "--steps", str(args.steps), "--threads", str(args.threads)],
+                                       "--steps", str(args.steps), "--threads", str(args.threads),
+                                       "--calls", str(args.calls)],
                                       capture_output=True, text=True)
                 if proc.returncode:
                     sys.exit(f"{c} failed:\n{proc.stderr}")
@@ -299,7 +318,7 @@ def main(argv=None) -> int:
             print(f"{r['config']:<16} folder of {b['images']}: {b['images_per_min']:.2f} images/min "
                   f"({b['wall_s']:.1f} s with loading), peak RSS {b['peak_rss_mb']:.0f} MB")
     result = {"benchmark": "pipeline_512", "machine": machine, "models_provenance": manifest.provenance,
-              "threads": args.threads, "steps": args.steps, "rounds": args.rounds,
+              "threads": args.threads, "steps": args.steps, "rounds": args.rounds, "calls": args.calls,
               "graph_bytes": {s.key: total_bytes(manifest.entry(s)) for s in contract.GRAPHS}, "runs": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

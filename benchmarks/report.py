@@ -424,6 +424,18 @@ def pipeline(r: dict, figure: bool = True) -> str:
         lines += [f"| {_pipeline_label(run)} | {run['batch']['images']} | {run['batch']['images_per_min']:.2f} | "
                   f"{run['batch']['wall_s'] / run['batch']['images']:.1f} | {run['batch']['peak_rss_mb']:,.0f} |"
                   for run in batches]
+    repeated = [run for run in runs if run.get("later_calls")]
+    if repeated:
+        lines += ["", f"Each process then inpainted the same photo again, {len(repeated[0]['later_calls'])} more "
+                  f"time(s), without keeping its sessions (`--calls {r.get('calls')}`: a library caller's loop); "
+                  "what the process keeps from one call to the next lies under the later calls' peaks:", "",
+                  "| configuration | call | inpainting s | load s | peak RSS MB | peak in encode / denoise / decode MB |",
+                  "|---|---|---|---|---|---|"]
+        for run in repeated:
+            for i, call in enumerate([run, *run["later_calls"]], 1):
+                lines.append(f"| {_pipeline_label(run)} | {i} | {call['compute_s']:.1f} | {call['load_s']:.1f} | "
+                             f"{call['peak_rss_mb']:,.0f} | "
+                             + " / ".join(f"{call['phase_peak_rss_mb'].get(p, 0):,.0f}" for p in PHASES) + " |")
     if figure:  # drawn from benchmarks/results/pipeline.json only
         lines += ["", "![Seconds and peak RSS per phase and configuration](docs/figures/pipeline.png)"]
     return "\n".join(lines)
@@ -509,9 +521,10 @@ RENDERERS = {"thin_strokes": thin_strokes, "quantize_fp16": quantize_fp16, "quan
              "export_full": export_full, "encode_batch": encode_batch, "vae_tiling": vae_tiling,
              "graph_memory": graph_memory, "targets": targets, "bench": bench,
              "mapped_weights": lambda r: pipeline(r, figure=False), "graph_memory_unet_layout": graph_memory,
-             "graph_memory_decoder_layout": graph_memory}
+             "graph_memory_decoder_layout": graph_memory, "repeated_calls": lambda r: pipeline(r, figure=False)}
 # Renderers whose JSON is another's (block name -> results file name).
-SOURCES = {"targets": "pipeline", "mapped_weights": "pipeline_mapped_weights"}  # the rest: the block's own name
+SOURCES = {"targets": "pipeline", "mapped_weights": "pipeline_mapped_weights",
+           "repeated_calls": "pipeline_repeated_calls"}  # the rest: the block's own name
 # The files that hold measured tables.
 DOCUMENTS = (README, ROOT / "docs" / "mobile.md")
 FIGURE = ROOT / "docs" / "figures" / "pipeline.png"

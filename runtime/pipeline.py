@@ -14,8 +14,9 @@ Official outputs come from torch's CUDA generator and cannot be reproduced from 
 number for number, pass the four tensors as ``noise`` (the keys of ``NOISE_KEYS``).
 
 Sessions are created lazily and released after each phase (encode, denoise, decode), so at most
-one graph's memory is alive at a time; which graphs get ONNX Runtime's arena is ``session.NO_ARENA``,
-and which compute in the process-wide one ``session.uses_shared_arena``.
+one graph's weights are alive at a time; which graphs get an ONNX Runtime arena of their own is
+``session.NO_ARENA``, and which compute in the process-wide one (which outlives them, the VAE
+decoder's activations included) ``session.uses_shared_arena``.
 """
 from __future__ import annotations
 
@@ -121,8 +122,8 @@ class Inpainter:
 
     @property
     def keep_sessions(self) -> bool:
-        """True keeps all three sessions alive between calls (and computing in one arena:
-        ``session.uses_shared_arena``); set it before the first call."""
+        """True keeps all three sessions alive between calls (on the CPU outside low-memory mode,
+        computing in one arena: ``session.uses_shared_arena``); set it before the first call."""
         return self._keep_sessions
 
     @keep_sessions.setter

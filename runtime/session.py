@@ -21,6 +21,7 @@ Constructors never download anything.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,8 @@ class SessionConfig:
     provider: str | tuple = "auto"  # a contract.PROVIDER_CHOICES entry, or a tuple of provider names in order
     threads: int = 0  # intra-op threads; 0 lets ONNX Runtime choose (one per physical core)
     low_memory: bool = False  # the smallest peak: no arena for the VAE graphs, large buffers mapped (below)
+    # Outside low-memory mode, whether a session computes in the process-wide arena also depends on
+    # what ran before in the process (``uses_shared_arena``): the arena outlives every session.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,8 +118,9 @@ def release_memory() -> None:
 # at 64² computes on tensors of a few MB, which its arena reuses, and which without it stay in
 # pieces in glibc's heap. Measured (512², benchmarks/pipeline.py, 2026-12-06; the README's tables):
 # * the VAE decoder without its arena: the int8 run's peak (its decode) 1,361 -> 1,100 MB (median
-#   of 3 rounds, 1,156 the highest), the decode 9.4 -> 10.8 s; so the decoder never has one (the
-#   fp32 run's peak stays where it was, ~2.0 GB, but its decode phase rises to it: README);
+#   of 3 rounds, 1,156 the highest), the decode 9.4 -> 10.8 s; so the decoder has none of its own
+#   (it computes in the shared arena below, and with no arena at all in low-memory mode or where
+#   ONNX Runtime refuses that arena);
 # * the VAE encoder's phase is below the UNet's or the decoder's either way; it keeps its arena,
 #   except in low-memory mode (fp32 encoder: encode peak 765 -> 709-718 MB without it, 621 MB
 #   with the mapping below too);
@@ -135,15 +139,20 @@ NO_ARENA = {False: (contract.VAE_DECODER.key,), True: (contract.VAE_DECODER.key,
 # the int8 run's decode 10.97 -> 8.93 s and its peak (the decode) 1,100 -> 988 MB; the fp32 run's
 # decode phase 1,251 -> 987 MB, its peak now the denoise's (1,138). With the encoder and the UNet
 # in it from the first image, the fp32 denoise would hold the encoder's pages: 1,138 -> 1,525 MB.
+# The price: a second call without kept sessions creates each session on top of the ~0.7 GB the
+# arena keeps (fp32 peak 1,138 -> 1,779 MB, int8 988 -> 1,335; benchmarks/pipeline.py --calls 2).
 SHARED_ARENA_GRAPHS = (contract.VAE_DECODER.key,)
+USE_ENV_ALLOCATORS = "session.use_env_allocators"  # ONNX Runtime's session config key for it
 # The first region's size per pixel of the models' image (1.4 GB at 512², where the decoder touches
 # ~0.7 GB of it); ONNX Runtime takes an int, so at most 2 GiB - 1 (larger models grow the arena).
 SHARED_ARENA_BYTES_PER_PIXEL = 5600
 _SHARED_ARENA: dict = {}  # "bytes": the first region's size once registered; "failed": ORT refused
+_SHARED_ARENA_LOCK = threading.Lock()  # one registration, whichever thread creates the first session
 # The VAE decoder's nodes run in ONNX Runtime's priority-based order: its default order keeps the
 # 512² stage's block inputs alive longer (fp32 decoder at 512², out/full3: peak 1,201 -> 988-1,073 MB
 # without an arena, 1,188 -> 932 MB in the shared arena at the same 8.9-9.1 s; the low-memory run's
-# decode phase 1,068 -> 940 MB at the same 11.0 s). The encoder's order changes nothing.
+# decode phase 1,068 -> 940 MB at the same 11.0 s). The encoder's order changes nothing. Measured
+# on the CPU; other providers get the same order (it changes no result, only when tensors are freed).
 PRIORITY_ORDER_GRAPHS = (contract.VAE_DECODER.key,)
 # Low-memory mode: glibc serves every block of at least this size with a mapping of its own,
 # returned to the system when the block is freed (M_MMAP_THRESHOLD). Its default threshold rises
@@ -192,21 +201,25 @@ def register_shared_arena(image_size: int) -> bool:
     """Register the process-wide CPU arena once, its first region sized for ``image_size``²
     (``SHARED_ARENA_BYTES_PER_PIXEL``); False where ONNX Runtime refuses (the sessions then keep
     their own memory settings)."""
-    if "bytes" in _SHARED_ARENA or _SHARED_ARENA.get("failed"):
-        return "bytes" in _SHARED_ARENA
     import onnxruntime as ort
 
-    size = min(SHARED_ARENA_BYTES_PER_PIXEL * int(image_size) ** 2, 2**31 - 1)
-    try:
-        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 0,  # kNextPowerOfTwo
-                                                                 "initial_chunk_size_bytes": size}))
-    except Exception as e:  # noqa: BLE001 - an older build, or an allocator registered by someone else
-        log.debug("no shared ONNX Runtime arena (%s): each session keeps its own memory settings", e)
-        _SHARED_ARENA["failed"] = True
-        return False
-    _SHARED_ARENA["bytes"] = size
-    return True
+    with _SHARED_ARENA_LOCK:
+        if "bytes" in _SHARED_ARENA or _SHARED_ARENA.get("failed"):
+            return "bytes" in _SHARED_ARENA
+        size = min(SHARED_ARENA_BYTES_PER_PIXEL * int(image_size) ** 2, 2**31 - 1)
+        try:
+            # Registering again replaces the allocator (onnxruntime 1.32) or is refused (older
+            # builds), hence once per process, here.
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 0,  # kNextPowerOfTwo
+                                                                     "initial_chunk_size_bytes": size}))
+        except Exception as e:  # noqa: BLE001 - a build without the API, or an allocator registered elsewhere
+            log.info("no shared ONNX Runtime arena (%s): each graph keeps its own memory settings (the decode "
+                     "takes about 2 s longer at 512²)", str(e).splitlines()[0] if str(e) else type(e).__name__)
+            _SHARED_ARENA["failed"] = True
+            return False
+        _SHARED_ARENA["bytes"] = size
+        return True
 
 
 def _session_options(config: SessionConfig, graph: str = "", *, shared_arena: bool = False):
@@ -225,7 +238,7 @@ def _session_options(config: SessionConfig, graph: str = "", *, shared_arena: bo
     so.enable_mem_pattern = False
     so.enable_cpu_mem_arena = shared_arena or uses_arena(config, graph)
     if shared_arena:
-        so.add_session_config_entry("session.use_env_allocators", "1")
+        so.add_session_config_entry(USE_ENV_ALLOCATORS, "1")
     if graph in PRIORITY_ORDER_GRAPHS:
         so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     so.log_severity_level = 3  # ORT's own warnings (e.g. unused initializers) are not the user's concern
@@ -251,6 +264,7 @@ def create_session(path: Path, config: SessionConfig, label: str = "", graph: st
         if chain == [PROVIDERS["cpu"]]:
             raise UserError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0]}") from None
         log.warning("%s: %s failed (%s); falling back to CPU", label, chain[0], str(e).splitlines()[0])
+        shared_arena = bool(shared_arena_for) and register_shared_arena(shared_arena_for)  # now on the CPU
         try:
             options = _session_options(config, graph, shared_arena=shared_arena)
             sess = ort.InferenceSession(str(path), sess_options=options, providers=[PROVIDERS["cpu"]])
@@ -305,8 +319,9 @@ class GraphSession:
         return self._session
 
     def release(self) -> None:
-        """Drop the session (and with it ORT's arena for this graph), and give the freed memory
-        back to the system, so that the next phase's peak does not stack on it."""
+        """Drop the session (and with it its own ORT arena, if it has one: the process-wide one
+        stays), and give the freed memory back to the system, so that the next phase's peak does
+        not stack on it."""
         if self._session is not None:
             self._session = None
             release_memory()

@@ -22,11 +22,14 @@ def _restore_logging():
 @pytest.fixture(autouse=True)
 def _no_process_wide_malloc_settings(monkeypatch):
     """Low-memory mode sets glibc's mapping threshold for the rest of the process
-    (``session.map_large_blocks``): in the test process that would make later tests depend on
-    the order they run in. Tests of the setting itself run it in a process of their own."""
+    (``session.map_large_blocks``), and the default mode registers ONNX Runtime's process-wide
+    arena (``session.register_shared_arena``): in the test process either would make later tests
+    depend on the order they run in. Tests of the settings themselves run them in a process of
+    their own."""
     from moebius_edge import session
 
     monkeypatch.setattr(session, "map_large_blocks", lambda *a, **kw: False)
+    monkeypatch.setattr(session, "_SHARED_ARENA", {"failed": True})
 
 
 @pytest.fixture(scope="session")

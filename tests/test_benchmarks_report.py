@@ -93,6 +93,28 @@ def test_pipeline_rounds_give_median_rows_per_round_ratios_and_the_highest_peak(
     assert "| 3.00x (2.00–3.00) |" in text and "(max 1,250)" in text and "| 1.00x |" in text
 
 
+def test_pipeline_later_calls_get_a_row_each():
+    """--calls N: the table's rows stay the first call's, and each later call of a configuration
+    gets a row of its own in a second table, with its phases' peaks."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.report import pipeline
+
+    def call(compute, peaks):
+        return {"compute_s": compute, "load_s": 2.0, "peak_rss_mb": max(peaks),
+                "phase_peak_rss_mb": dict(zip(("encode", "denoise", "decode"), peaks))}
+
+    first = {"config": "int8", "unet_step_s": 1.7, "image_px": [512, 512], "model_steps": 19, "vae": {},
+             "seconds": {"encode": 8.0, "decode": 9.0}, "speedup_vs_first": 1.0, **call(50.0, (766, 488, 988)),
+             "later_calls": [call(49.0, (1101, 1170, 990))]}
+    r = {"rounds": 1, "calls": 2, "runs": [first],
+         "machine": {"processor": "cpu", "cores": 2, "onnxruntime": "1", "load_average": [1.0]}}
+    text = pipeline(r, figure=False)
+    assert "| int8 | 1.70 | 8.0 | 9.0 | 50.0 | 1.00x | 2.0 | 988 | 766 / 488 / 988 |" in text
+    assert "`--calls 2`" in text
+    assert "| int8 | 1 | 50.0 | 2.0 | 988 | 766 / 488 / 988 |" in text
+    assert "| int8 | 2 | 49.0 | 2.0 | 1,170 | 1,101 / 1,170 / 990 |" in text
+
+
 def test_bench_line_gives_each_step_and_the_verdict_against_the_budget():
     """benchmarks/bench.py's record: the whole run against its budget, each step's minutes, and the
     pipeline step's configurations."""
