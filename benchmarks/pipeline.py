@@ -262,8 +262,10 @@ def main(argv=None) -> int:
         print(json.dumps(batch_worker(args.models, args.batch_worker, args.steps, args.threads, args.batch)))
         return 0
 
-    if args.rounds < 1 or args.calls < 1:
-        ap.error("--rounds and --calls must be 1 or more")
+    if args.rounds < 1:
+        ap.error("--rounds must be 1 or more")
+    if args.calls < 1:
+        ap.error("--calls must be 1 or more")
     configs = [c for c in args.configs.split(",") if c]
     for c in configs:
         try:

@@ -146,7 +146,7 @@ USE_ENV_ALLOCATORS = "session.use_env_allocators"  # ONNX Runtime's session conf
 # The first region's size per pixel of the models' image (1.4 GB at 512², where the decoder touches
 # ~0.7 GB of it); ONNX Runtime takes an int, so at most 2 GiB - 1 (larger models grow the arena).
 SHARED_ARENA_BYTES_PER_PIXEL = 5600
-_SHARED_ARENA: dict = {}  # "bytes": the first region's size once registered; "failed": ORT refused
+_SHARED_ARENA: dict = {}  # "first_region": its size in bytes once registered; "failed": ORT refused
 _SHARED_ARENA_LOCK = threading.Lock()  # one registration, whichever thread creates the first session
 # The VAE decoder's nodes run in ONNX Runtime's priority-based order: its default order keeps the
 # 512² stage's block inputs alive longer (fp32 decoder at 512², out/full3: peak 1,201 -> 988-1,073 MB
@@ -194,7 +194,7 @@ def uses_shared_arena(config: SessionConfig, graph: str, *, kept: bool = False) 
     decoder always; any graph once the arena exists, or when the sessions are ``kept`` alive together."""
     if config.low_memory:
         return False
-    return graph in SHARED_ARENA_GRAPHS or kept or "bytes" in _SHARED_ARENA
+    return graph in SHARED_ARENA_GRAPHS or kept or "first_region" in _SHARED_ARENA
 
 
 def register_shared_arena(image_size: int) -> bool:
@@ -204,8 +204,8 @@ def register_shared_arena(image_size: int) -> bool:
     import onnxruntime as ort
 
     with _SHARED_ARENA_LOCK:
-        if "bytes" in _SHARED_ARENA or _SHARED_ARENA.get("failed"):
-            return "bytes" in _SHARED_ARENA
+        if "first_region" in _SHARED_ARENA or _SHARED_ARENA.get("failed"):
+            return "first_region" in _SHARED_ARENA
         size = min(SHARED_ARENA_BYTES_PER_PIXEL * int(image_size) ** 2, 2**31 - 1)
         try:
             # Registering again replaces the allocator (onnxruntime 1.32) or is refused (older
@@ -218,7 +218,7 @@ def register_shared_arena(image_size: int) -> bool:
                      "takes about 2 s longer at 512²)", str(e).splitlines()[0] if str(e) else type(e).__name__)
             _SHARED_ARENA["failed"] = True
             return False
-        _SHARED_ARENA["bytes"] = size
+        _SHARED_ARENA["first_region"] = size
         return True
 
 

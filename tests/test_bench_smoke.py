@@ -157,6 +157,23 @@ def test_pipeline_benchmark_runs_the_configurations_in_rounds(random_tiny, tmp_p
     assert proc.returncode == 2 and "--rounds must be 1 or more" in proc.stderr
 
 
+def test_pipeline_benchmark_times_later_calls(random_tiny, tmp_path):
+    """--calls 2: each process inpaints twice; the row is the first call's, the second call is kept
+    with its own time and per-phase peaks (the highest of which is its peak)."""
+    out = tmp_path / "pipeline.json"
+    proc = _bench("pipeline.py", "--models", random_tiny, "--configs", "fp32", "--steps", 2, "--calls", 2,
+                  "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())
+    assert r["calls"] == 2
+    (run,) = r["runs"]
+    (later,) = run["later_calls"]
+    assert later["compute_s"] > 0 and set(later["phase_peak_rss_mb"]) == {"encode", "denoise", "decode"}
+    assert later["peak_rss_mb"] == max(later["phase_peak_rss_mb"].values())
+    proc = _bench("pipeline.py", "--models", random_tiny, "--configs", "fp32", "--calls", 0, timeout=60)
+    assert proc.returncode == 2 and "--calls must be 1 or more" in proc.stderr
+
+
 def test_graph_step_benchmark_smoke(random_tiny, tmp_path):
     out = tmp_path / "graph_step.json"
     proc = _bench("graph_step.py", "--models", random_tiny, "--rounds", "3", "--json", out)
