@@ -156,7 +156,8 @@ def worker(models: str, config: str, steps: int, threads: int, calls: int = 1) -
         s = inp.last_run.seconds
         later.append({"compute_s": round(s["total"] - sum(s[k] for k in LOAD_PHASES), 3),
                       "load_s": round(sum(s[k] for k in LOAD_PHASES), 3),
-                      "phase_peak_rss_mb": dict(phase_peaks), "peak_rss_mb": max(phase_peaks.values(), default=0.0)})
+                      "phase_peak_rss_mb": dict(phase_peaks),
+                      "peak_rss_mb": round(max(_rss_mb(), *phase_peaks.values()), 1)})
     phase_peaks = first_peaks
     return {"config": config, "models": str(models), "models_provenance": open_models(models).provenance,
             "vae": {} if precision == TORCH else vae_precisions(models, precision),
@@ -266,6 +267,8 @@ def main(argv=None) -> int:
         ap.error("--rounds must be 1 or more")
     if args.calls < 1:
         ap.error("--calls must be 1 or more")
+    if args.calls > 1 and any(parse_config(c)[1] == "keep" for c in args.configs.split(",") if c):
+        ap.error("--calls times calls without kept sessions: leave out the -keep configurations")
     configs = [c for c in args.configs.split(",") if c]
     for c in configs:
         try:

@@ -389,7 +389,7 @@ def _pipeline_label(run: dict) -> str:
 def _spread(run: dict, key: str) -> str:
     """`` (lo–hi)`` of a ratio over a run's rounds, `` (max N)`` of a peak; empty for one round."""
     values = [x[key] for x in run.get("rounds", [])]
-    if len(values) < 2 or min(values) == max(values) or key == "peak_rss_mb" and max(values) == run[key]:
+    if len(values) < 2 or min(values) == max(values) or key == "peak_rss_mb" and round(max(values)) == round(run[key]):
         return ""  # one round, the baseline's own ratio, or the median round's peak is the highest
     return f" ({min(values):.2f}–{max(values):.2f})" if key == "speedup_vs_first" else f" (max {max(values):,.0f})"
 
@@ -429,11 +429,13 @@ def pipeline(r: dict, figure: bool = True) -> str:
         lines += ["", f"Each process then inpainted the same photo again, {len(repeated[0]['later_calls'])} more "
                   f"time(s), without keeping its sessions (`--calls {r.get('calls')}`: a library caller's loop); "
                   "what the process keeps from one call to the next lies under the later calls' peaks:", "",
-                  "| configuration | call | inpainting s | load s | peak RSS MB | peak in encode / denoise / decode MB |",
+                  "| configuration | call | inpainting s | session creation s | peak RSS MB | "
+                  "peak in encode / denoise / decode MB |",
                   "|---|---|---|---|---|---|"]
         for run in repeated:
             for i, call in enumerate([run, *run["later_calls"]], 1):
-                lines.append(f"| {_pipeline_label(run)} | {i} | {call['compute_s']:.1f} | {call['load_s']:.1f} | "
+                load = call["load_s"] - call.get("open_models_s", 0.0)  # the first call's includes opening the folder
+                lines.append(f"| {_pipeline_label(run)} | {i} | {call['compute_s']:.1f} | {load:.1f} | "
                              f"{call['peak_rss_mb']:,.0f} | "
                              + " / ".join(f"{call['phase_peak_rss_mb'].get(p, 0):,.0f}" for p in PHASES) + " |")
     if figure:  # drawn from benchmarks/results/pipeline.json only

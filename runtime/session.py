@@ -140,7 +140,7 @@ NO_ARENA = {False: (contract.VAE_DECODER.key,), True: (contract.VAE_DECODER.key,
 # decode phase 1,251 -> 987 MB, its peak now the denoise's (1,138). With the encoder and the UNet
 # in it from the first image, the fp32 denoise would hold the encoder's pages: 1,138 -> 1,525 MB.
 # The price: a second call without kept sessions creates each session on top of the ~0.7 GB the
-# arena keeps (fp32 peak 1,138 -> 1,779 MB, int8 988 -> 1,335; benchmarks/pipeline.py --calls 2).
+# arena keeps (fp32 peak 1,138 -> 1,766 MB, int8 988 -> 1,258-1,335; benchmarks/pipeline.py --calls 2).
 SHARED_ARENA_GRAPHS = (contract.VAE_DECODER.key,)
 USE_ENV_ALLOCATORS = "session.use_env_allocators"  # ONNX Runtime's session config key for it
 # The first region's size per pixel of the models' image (1.4 GB at 512², where the decoder touches
@@ -149,9 +149,9 @@ SHARED_ARENA_BYTES_PER_PIXEL = 5600
 _SHARED_ARENA: dict = {}  # "first_region": its size in bytes once registered; "failed": ORT refused
 _SHARED_ARENA_LOCK = threading.Lock()  # one registration, whichever thread creates the first session
 # The VAE decoder's nodes run in ONNX Runtime's priority-based order: its default order keeps the
-# 512² stage's block inputs alive longer (fp32 decoder at 512², out/full3: peak 1,201 -> 988-1,073 MB
-# without an arena, 1,188 -> 932 MB in the shared arena at the same 8.9-9.1 s; the low-memory run's
-# decode phase 1,068 -> 940 MB at the same 11.0 s). The encoder's order changes nothing. Measured
+# 512² stage's block inputs alive longer (fp32 decoder at 512², benchmarks/graph_memory.py: 1,199 MB
+# in the shared arena in the default order, 948 MB in this one, both 8.9 s; 975 MB without an arena;
+# the low-memory run's decode phase 1,068 -> 940 MB at the same 11.0 s, benchmarks/pipeline.py). The encoder's order changes nothing. Measured
 # on the CPU; other providers get the same order (it changes no result, only when tensors are freed).
 PRIORITY_ORDER_GRAPHS = (contract.VAE_DECODER.key,)
 # Low-memory mode: glibc serves every block of at least this size with a mapping of its own,

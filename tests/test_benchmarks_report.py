@@ -111,7 +111,7 @@ def test_pipeline_later_calls_get_a_row_each():
     text = pipeline(r, figure=False)
     assert "| int8 | 1.70 | 8.0 | 9.0 | 50.0 | 1.00x | 2.0 | 988 | 766 / 488 / 988 |" in text
     assert "`--calls 2`" in text
-    assert "| int8 | 1 | 50.0 | 2.0 | 988 | 766 / 488 / 988 |" in text
+    assert "| int8 | 1 | 50.0 | 2.0 | 988 | 766 / 488 / 988 |" in text  # load_s less opening the folder (none here)
     assert "| int8 | 2 | 49.0 | 2.0 | 1,170 | 1,101 / 1,170 / 990 |" in text
 
 
