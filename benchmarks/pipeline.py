@@ -149,7 +149,7 @@ def worker(models: str, config: str, steps: int, threads: int, calls: int = 1) -
     # Resetting VmHWM per phase (clear_refs) resets getrusage's peak too: the run's peak is the
     # largest of the phases' and what getrusage saw since the last reset.
     peak = round(max(_rss_mb(), *phase_peaks.values()), 1)
-    first_peaks, later = dict(phase_peaks), []
+    first_peaks, later = dict(phase_peaks), []  # _watch_phases refills phase_peaks on each call
     for _ in range(calls - 1):
         phase_peaks.clear()
         inp.inpaint(image, hole, seed=0, steps=steps)
@@ -158,7 +158,6 @@ def worker(models: str, config: str, steps: int, threads: int, calls: int = 1) -
                       "load_s": round(sum(s[k] for k in LOAD_PHASES), 3),
                       "phase_peak_rss_mb": dict(phase_peaks),
                       "peak_rss_mb": round(max(_rss_mb(), *phase_peaks.values()), 1)})
-    phase_peaks = first_peaks
     return {"config": config, "models": str(models), "models_provenance": open_models(models).provenance,
             "vae": {} if precision == TORCH else vae_precisions(models, precision),
             "image_px": [n, n], "model_steps": info.steps, "threads": threads,
@@ -170,7 +169,7 @@ def worker(models: str, config: str, steps: int, threads: int, calls: int = 1) -
             "compute_s": round(info.seconds["total"] - sum(info.seconds[k] for k in LOAD_PHASES), 3),
             "load_s": round(open_s + sum(info.seconds[k] for k in LOAD_PHASES), 3),
             "peak_rss_mb": peak, "rss_before_mb": round(base_mb, 1),
-            "phase_peak_rss_mb": phase_peaks,
+            "phase_peak_rss_mb": first_peaks,
             "providers": info.providers, **({"later_calls": later} if later else {})}
 
 

@@ -151,8 +151,9 @@ _SHARED_ARENA_LOCK = threading.Lock()  # one registration, whichever thread crea
 # The VAE decoder's nodes run in ONNX Runtime's priority-based order: its default order keeps the
 # 512² stage's block inputs alive longer (fp32 decoder at 512², benchmarks/graph_memory.py: 1,199 MB
 # in the shared arena in the default order, 948 MB in this one, both 8.9 s; 975 MB without an arena;
-# the low-memory run's decode phase 1,068 -> 940 MB at the same 11.0 s, benchmarks/pipeline.py). The encoder's order changes nothing. Measured
-# on the CPU; other providers get the same order (it changes no result, only when tensors are freed).
+# the low-memory run's decode phase 1,068 -> 940 MB at the same 11.0 s, benchmarks/pipeline.py). The
+# encoder's order changes nothing. Measured on the CPU; other providers get the same order (it
+# changes no result, only when tensors are freed).
 PRIORITY_ORDER_GRAPHS = (contract.VAE_DECODER.key,)
 # Low-memory mode: glibc serves every block of at least this size with a mapping of its own,
 # returned to the system when the block is freed (M_MMAP_THRESHOLD). Its default threshold rises
