@@ -21,7 +21,7 @@ configuration is ``PRECISION[-MODE]`` or ``torch``:
 
 ``--calls N`` has each process inpaint N times in a row without keeping sessions (a library caller's
 loop): a row stays the first call's, and the JSON adds each later call's time and peaks
-(``later_calls``): what the process keeps from one call to the next (the VAE decoder's arena).
+(``later_calls``): whatever the process keeps from one call to the next shows in their peaks.
 
 ``--batch N`` also times, per ONNX Runtime configuration and in a process of its own, `moebius-edge
 run` over a folder of N native-size photos (the centres of tests/data/photos, one hole each): images

@@ -123,7 +123,8 @@ class Inpainter:
     @property
     def keep_sessions(self) -> bool:
         """True keeps all three sessions alive between calls (on the CPU outside low-memory mode,
-        computing in one arena: ``session.uses_shared_arena``); set it before the first call."""
+        computing in one arena, which stays allocated with them: ``session.uses_shared_arena``);
+        set it before the first call."""
         return self._keep_sessions
 
     @keep_sessions.setter
@@ -139,11 +140,11 @@ class Inpainter:
         ("auto", "cpu", "cuda", ...) or a list of provider names in order of preference; CPU is
         always the last resort. ``verify`` checks every graph's SHA-256 against the manifest first
         (reads each file once). Outside ``low_memory`` the VAE decoder computes on the CPU in one
-        ONNX Runtime arena for the process, which later sessions share and which stays allocated
-        when the call returns (~0.7 GB at 512²; ``session.uses_shared_arena``). ``low_memory``
-        trades time for the smallest peak: no arena for the VAE graphs and never that shared one,
-        and glibc maps large blocks on their own from then on, process-wide
-        (``session.map_large_blocks``)."""
+        ONNX Runtime arena for the process (``session.uses_shared_arena``), renewed when its
+        session is released, so that nothing stays allocated between calls unless the sessions
+        are kept (~0.7 GB at 512²; ``session.renew_shared_arena``). ``low_memory`` trades time for
+        the smallest peak: no arena for the VAE graphs and never that shared one, and glibc maps
+        large blocks on their own from then on, process-wide (``session.map_large_blocks``)."""
         models = open_models(models_dir, precision)
         if verify:
             models.verify()
@@ -326,6 +327,8 @@ class Inpainter:
                 y = fallback.run(latent=job.latent)
                 info.decoder_fallback = True
             job.result = to_uint8(np.nan_to_num(y, nan=0.0, posinf=1.0, neginf=0.0))
+        if fallback is not None:
+            fallback.release()
         self._done_with(dec.spec.key)
         info.seconds["decoder_load"] = dec.load_seconds - load0
         info.seconds["decode"] = time.perf_counter() - t - info.seconds["decoder_load"]

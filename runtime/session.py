@@ -132,22 +132,30 @@ NO_ARENA = {False: (contract.VAE_DECODER.key,), True: (contract.VAE_DECODER.key,
 # Runtime's env allocator, registered by ``register_shared_arena``): its first region is sized
 # for the decoder at the models' image size, so it never grows by doubling, and its tensors reuse
 # pages instead of faulting in a fresh mapping each (virtual until touched: what RSS sees is what
-# the decoder uses). The arena stays with the process (ONNX Runtime cannot unregister it from
-# Python), so every later session computes in it too (``uses_shared_arena``) rather than beside
-# it, and so do all three when the sessions are kept across a batch. Measured at 512²
+# the decoder uses). All three compute in it when the sessions are kept across a batch. ONNX
+# Runtime cannot unregister the arena from Python, but registering another replaces it, and the
+# replaced one is freed with the last session that computes in it: so a session that computed in
+# it renews it when released (``renew_shared_arena``), and a library caller's loop keeps nothing
+# from one call to the next. Measured at 512²
 # (benchmarks/pipeline.py, 3-step scratch runs, 2026-12-06; the README's tables are full runs):
 # the int8 run's decode 10.97 -> 8.93 s and its peak (the decode) 1,100 -> 988 MB; the fp32 run's
 # decode phase 1,251 -> 987 MB, its peak now the denoise's (1,138). With the encoder and the UNet
 # in it from the first image, the fp32 denoise would hold the encoder's pages: 1,138 -> 1,525 MB.
-# The price: a second call without kept sessions creates each session on top of the ~0.7 GB the
-# arena keeps (fp32 peak 1,138 -> 1,766 MB, int8 988 -> 1,258-1,335; benchmarks/pipeline.py --calls 2).
+# Never renewed, the arena (~0.7 GB) stayed with the process, and a second call without kept
+# sessions created each session on top of it: fp32 peak 1,138 -> 1,766 MB, int8 988 -> 1,258-1,335;
+# renewed, the second call peaks as the first: fp32 1,151 -> 1,152, int8 1,002 -> 1,002
+# (benchmarks/pipeline.py --calls 2). Where ONNX Runtime refuses to register a second arena (older
+# builds), the first one stays, holding its pages, and every later session computes in it rather
+# than beside it.
 SHARED_ARENA_GRAPHS = (contract.VAE_DECODER.key,)
 USE_ENV_ALLOCATORS = "session.use_env_allocators"  # ONNX Runtime's session config key for it
 # The first region's size per pixel of the models' image (1.4 GB at 512², where the decoder touches
 # ~0.7 GB of it); ONNX Runtime takes an int, so at most 2 GiB - 1 (larger models grow the arena).
 SHARED_ARENA_BYTES_PER_PIXEL = 5600
-_SHARED_ARENA: dict = {}  # "first_region": its size in bytes once registered; "failed": ORT refused
-_SHARED_ARENA_LOCK = threading.Lock()  # one registration, whichever thread creates the first session
+# "first_region": its size in bytes once registered; "failed": ORT refused it; "held": ORT refused to
+# renew it, so it keeps its pages for the process
+_SHARED_ARENA: dict = {}
+_SHARED_ARENA_LOCK = threading.Lock()  # one registration at a time, whichever thread creates a session
 # The VAE decoder's nodes run in ONNX Runtime's priority-based order: its default order keeps the
 # 512² stage's block inputs alive longer (fp32 decoder at 512², benchmarks/graph_memory.py: 1,199 MB
 # in the shared arena in the default order, 948 MB in this one, both 8.9 s; 975 MB without an arena;
@@ -192,35 +200,66 @@ def uses_arena(config: SessionConfig, graph: str) -> bool:
 def uses_shared_arena(config: SessionConfig, graph: str, *, kept: bool = False) -> bool:
     """Whether the session of ``graph`` computes in the process-wide arena (see
     ``SHARED_ARENA_GRAPHS``): never in low-memory mode (nor off the CPU: ``create_session``); the
-    decoder always; any graph once the arena exists, or when the sessions are ``kept`` alive together."""
+    decoder always; any graph when the sessions are ``kept`` alive together, or once the arena holds
+    pages it could not give back (``renew_shared_arena``)."""
     if config.low_memory:
         return False
-    return graph in SHARED_ARENA_GRAPHS or kept or "first_region" in _SHARED_ARENA
+    return graph in SHARED_ARENA_GRAPHS or kept or bool(_SHARED_ARENA.get("held"))
 
 
 def register_shared_arena(image_size: int) -> bool:
     """Register the process-wide CPU arena once, its first region sized for ``image_size``²
     (``SHARED_ARENA_BYTES_PER_PIXEL``); False where ONNX Runtime refuses (the sessions then keep
     their own memory settings)."""
-    import onnxruntime as ort
-
     with _SHARED_ARENA_LOCK:
         if "first_region" in _SHARED_ARENA or _SHARED_ARENA.get("failed"):
             return "first_region" in _SHARED_ARENA
         size = min(SHARED_ARENA_BYTES_PER_PIXEL * int(image_size) ** 2, 2**31 - 1)
         try:
-            # Registering again replaces the allocator (onnxruntime 1.32) or is refused (older
-            # builds), hence once per process, here.
-            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-            ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 0,  # kNextPowerOfTwo
-                                                                     "initial_chunk_size_bytes": size}))
+            _register_arena(size)
         except Exception as e:  # noqa: BLE001 - a build without the API, or an allocator registered elsewhere
             log.info("no shared ONNX Runtime arena (%s): each graph keeps its own memory settings (the decode "
-                     "takes about 2 s longer at 512²)", str(e).splitlines()[0] if str(e) else type(e).__name__)
+                     "takes about 2 s longer at 512²)", _first_line(e))
             _SHARED_ARENA["failed"] = True
             return False
         _SHARED_ARENA["first_region"] = size
         return True
+
+
+def renew_shared_arena() -> bool:
+    """Replace the process-wide arena by a fresh one of the same size, so that the pages the old one
+    touched go back to the system with the last session computing in it (at once when there is
+    none). A session that computed in the arena calls it when released (``GraphSession.release``);
+    later sessions compute in the new one. False when there is no arena, or when ONNX Runtime
+    refuses to register a second one (older builds): the old one then stays, holding its pages, and
+    every later session computes in it (``uses_shared_arena``)."""
+    with _SHARED_ARENA_LOCK:
+        if "first_region" not in _SHARED_ARENA or _SHARED_ARENA.get("held"):
+            return False
+        try:
+            _register_arena(_SHARED_ARENA["first_region"])
+        except Exception as e:  # noqa: BLE001 - a build that registers an allocator once only
+            log.info("ONNX Runtime keeps its first shared arena (%s): its pages stay with the process and later "
+                     "sessions compute in it", _first_line(e))
+            _SHARED_ARENA["held"] = True
+            return False
+    release_memory()
+    return True
+
+
+def _register_arena(first_region: int) -> None:
+    """Register ONNX Runtime's env allocator for the CPU: an arena whose first region is
+    ``first_region`` bytes. Registering again replaces the allocator (onnxruntime 1.32) or is
+    refused (older builds)."""
+    import onnxruntime as ort
+
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 0,  # kNextPowerOfTwo
+                                                             "initial_chunk_size_bytes": int(first_region)}))
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _session_options(config: SessionConfig, graph: str = "", *, shared_arena: bool = False):
@@ -244,6 +283,14 @@ def _session_options(config: SessionConfig, graph: str = "", *, shared_arena: bo
         so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     so.log_severity_level = 3  # ORT's own warnings (e.g. unused initializers) are not the user's concern
     return so
+
+
+def computes_in_shared_arena(options) -> bool:
+    """Whether a session with these SessionOptions computes in the process-wide arena."""
+    try:
+        return options.get_session_config_entry(USE_ENV_ALLOCATORS) == "1"
+    except RuntimeError:  # ONNX Runtime raises for an entry never set
+        return False
 
 
 def create_session(path: Path, config: SessionConfig, label: str = "", graph: str = "", *,
@@ -294,6 +341,7 @@ class GraphSession:
         self.provider = None  # what actually ran, once created
         self.load_seconds = 0.0
         self.kept = False  # alive together with the other graphs' sessions (Inpainter.keep_sessions)
+        self.in_shared_arena = False  # whether the session computes in the process-wide arena
 
     @property
     def loaded(self) -> bool:
@@ -311,6 +359,7 @@ class GraphSession:
             self._check_declared(sess)
             self._session = sess
             self.provider = sess.get_providers()[0]
+            self.in_shared_arena = computes_in_shared_arena(sess.get_session_options())
             # Optimising the graph at load leaves the weights' pre-layout copies freed but kept by
             # glibc, and the first call's arena grows beside them instead of in them (512² fp32 VAE
             # decoder, 3 processes each: RSS after load 446–590 → 262 MB, peak of the call
@@ -320,11 +369,15 @@ class GraphSession:
         return self._session
 
     def release(self) -> None:
-        """Drop the session (and with it its own ORT arena, if it has one: the process-wide one
-        stays), and give the freed memory back to the system, so that the next phase's peak does
-        not stack on it."""
+        """Drop the session (and with it its own ORT arena, if it has one, or the process-wide one,
+        renewed: ``renew_shared_arena``), and give the freed memory back to the system, so that the
+        next phase's peak does not stack on it."""
         if self._session is not None:
             self._session = None
+            if self.in_shared_arena:
+                self.in_shared_arena = False
+                if renew_shared_arena():
+                    return  # it gave the memory back
             release_memory()
 
     # -- checks -------------------------------------------------------------------------------
