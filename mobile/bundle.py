@@ -385,9 +385,6 @@ def build_bundle(models_dir, target: str, out, *, precision: str | None = None, 
         log.warning("ios with int8: the CoreML EP has no QDQ kernels, so the int8 graphs run on the CPU EP; "
                     "fp16 is the iOS default")
     staged = models.staging_folder(out.parent if str(out.parent) else Path("."), "bundle")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staged, 0o777 & ~umask)  # a private staging folder (0700) becomes an ordinary one
     try:
         src_dir = staged / ONNX_SUBDIR
         src_dir.mkdir()

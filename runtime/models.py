@@ -327,8 +327,15 @@ def staging_folder(parent, label: str) -> Path:
 
 def replace_folder(staged: Path, dest: Path) -> None:
     """Put a complete staged folder at ``dest``, replacing what was there, by renames only: a
-    reader sees the old folder or the new one, never a mix."""
+    reader sees the old folder or the new one, never a mix. The staged folder is private while it
+    is written (``staging_folder``: 0700); the published one is an ordinary folder (the umask's
+    mode), readable wherever its parent is."""
     dest = Path(dest)
+    probe = Path(staged) / ".mode"  # a folder made the ordinary way has the umask's mode (os.umask is
+    probe.mkdir()                   # process-wide: reading it by setting it would race other threads)
+    mode = probe.stat().st_mode & 0o777
+    probe.rmdir()
+    os.chmod(staged, mode)
     old = None
     if dest.exists():
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")

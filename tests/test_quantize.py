@@ -127,6 +127,16 @@ def run_precisions(root, tmp_path, precisions) -> tuple:
     return outs, mask
 
 
+def test_variant_folder_is_as_readable_as_its_models_folder(fp16_dir):
+    """A variant is staged in a private folder (tempfile's 0700) and published by a rename: the
+    published folder must not stay private, or a models folder shared between users (exported by
+    one, run by a service user) would have an fp16/int8 variant no one else can open."""
+    root, _ = fp16_dir
+    variant = models.open_models(root, "fp16")
+    assert variant.folder != Path(root)
+    assert variant.folder.stat().st_mode & 0o777 == Path(root).stat().st_mode & 0o777
+
+
 def test_run_and_info_use_the_fp16_variant(fp16_dir, tmp_path, capsys):
     root, _ = fp16_dir
     outs, mask = run_precisions(root, tmp_path, ("fp32", "fp16"))
