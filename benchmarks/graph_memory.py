@@ -22,7 +22,13 @@ second call, timed. Settings:
 * ``extended``: the runtime's options without the NCHWc layout (ORT_ENABLE_EXTENDED);
 * ``one file`` and ``mapped``: the runtime's options on the graph re-saved with its weights inside
   it, or in a sidecar that ONNX Runtime maps (``GraphSpec.mapped_weights`` says which the contract
-  ships; needs the ``onnx`` package).
+  ships; needs the ``onnx`` package);
+* ``split in two`` (the VAE decoder only; needs ``onnx``): ``low-memory``'s options on the decoder
+  cut in two graphs before its last upsampler (the input of its last Resize), run one after the
+  other, the second session created once the first is gone: the weights of the 64²–256² stages
+  (nearly all of them) are not held through the 512² stage. Not what the runtime does: it measures
+  what releasing weights within the decode would save. Its call includes the second session's
+  creation.
 
 (The ``runtime`` setting's calls run under the profiler: a little slower than the runtime's.)
 
@@ -57,8 +63,9 @@ from moebius_edge import contract  # noqa: E402
 from moebius_edge.models import external_data_path, open_models  # noqa: E402
 from moebius_edge.session import release_memory  # noqa: E402
 
+SPLIT = "split in two"  # the decoder cut in two graphs (above)
 SETTINGS = ("runtime", "low-memory", "arena", "no arena", "default order", "untrimmed", "pre-optimised", "extended",
-            "one file", "mapped")
+            "one file", "mapped", SPLIT)
 SAMPLE_S = 0.002
 TOP = 6  # blocks and live tensors in the table
 PEAK_SLACK_MB = 8
@@ -103,7 +110,7 @@ def _options(setting: str, tmp: Path, path: Path, graph: str, image_size: int):
     from moebius_edge.session import (SessionConfig, _session_options, map_large_blocks, register_shared_arena,
                                       uses_shared_arena)
 
-    low_memory = setting == "low-memory"
+    low_memory = setting in ("low-memory", SPLIT)
     if low_memory:
         map_large_blocks()
     config = SessionConfig(provider="cpu", low_memory=low_memory)
@@ -148,6 +155,56 @@ def _write_optimised(so, src: Path, dst: Path) -> None:
                                     external_data_path(dst).name)
 
 
+def split_before_last_upsampler(path: Path, tmp: Path) -> tuple:
+    """(first graph, second graph) of the VAE decoder cut at the input of its last Resize (the
+    upsampler to the image's size), written in ``tmp``."""
+    import onnx
+    from onnx.utils import Extractor
+
+    model = onnx.load(str(path))
+    resize = [n for n in model.graph.node if n.op_type == "Resize"]
+    if not resize:
+        raise SystemExit(f"{SPLIT}: {path} has no Resize node to cut before")
+    cut = resize[-1].input[0]
+    extractor = Extractor(model)
+    parts = (extractor.extract_model([i.name for i in model.graph.input], [cut]),
+             extractor.extract_model([cut], [o.name for o in model.graph.output]))
+    paths = (tmp / "first.onnx", tmp / "second.onnx")
+    for part, dst in zip(parts, paths):
+        onnx.save_model(part, str(dst))
+    del model, extractor, parts
+    release_memory()
+    return paths
+
+
+def _split_child(so, paths: tuple, feed: dict) -> dict:
+    """``split in two``: the two parts in turn, in one sampled call (see the module's docstring)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    base = _rss_mb()
+    first, creation = _sampled(lambda: ort.InferenceSession(str(paths[0]), so, providers=["CPUExecutionProvider"]))
+    load_peak = max(v for _, v in creation)
+    release_memory()
+    loaded = _rss_mb()
+    held = [first]
+    del first
+
+    def call():
+        x = np.array(held[0].run(None, feed)[0], copy=True)
+        held.clear()  # the first session (its weights) goes before the second is made
+        release_memory()
+        second = ort.InferenceSession(str(paths[1]), so, providers=["CPUExecutionProvider"])
+        release_memory()
+        return second.run(None, {second.get_inputs()[0].name: x})[0]
+
+    t = time.perf_counter()
+    _, samples = _sampled(call)
+    seconds = time.perf_counter() - t
+    return {"setting": SPLIT, "rss_start_mb": base, "load_peak_rss_mb": load_peak,
+            "rss_after_load_mb": loaded, "peak_rss_mb": max(v for _, v in samples), "call_s": seconds}
+
+
 def _child(models_dir: str, precision: str, graph: str, setting: str) -> dict:
     import numpy as np
     import onnxruntime as ort
@@ -158,6 +215,8 @@ def _child(models_dir: str, precision: str, graph: str, setting: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         so, path = _options(setting, tmp, models.graph_path(spec), spec.key, models.image_size)
+        if setting == SPLIT:
+            return _split_child(so, split_before_last_upsampler(path, tmp), feed)
         base = _rss_mb()
         # The session's creation, sampled too: parsing the file and copying the weights out of it
         # can peak above what the session keeps (a graph's weights in its file: both copies at once).
@@ -266,18 +325,22 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--graph", default=contract.VAE_DECODER.key, choices=[g.key for g in contract.GRAPHS])
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "graph_memory.json"))
-    ap.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {', '.join(SETTINGS)}")
+    ap.add_argument("--settings", help=f"comma-separated, of {', '.join(SETTINGS)} (default: all that apply to the graph)")
     ap.add_argument("--repeats", type=int, default=1, help="processes per setting (RSS after load varies by process)")
     ap.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not Path("/proc/self/statm").is_file():
         raise SystemExit("graph_memory.py samples /proc/self/statm: it runs on Linux only")
+    if not args.settings:
+        args.settings = ",".join(s for s in SETTINGS if s != SPLIT or args.graph == contract.VAE_DECODER.key)
     unknown = set(args.settings.split(",")) - set(SETTINGS)
     if unknown:
         ap.error(f"unknown settings {sorted(unknown)}; choose from {', '.join(SETTINGS)}")
     if args.child:
         print(json.dumps(_child(args.models, args.precision, args.graph, args.child)))
         return 0
+    if SPLIT in args.settings.split(",") and args.graph != contract.VAE_DECODER.key:
+        ap.error(f"{SPLIT!r} cuts the {contract.VAE_DECODER.key} graph only")
     models = open_models(args.models, args.precision)
     runs = {s: [] for s in args.settings.split(",")}
     for _ in range(args.repeats):  # round-robin: a slow spell of the machine hits every setting alike

@@ -142,7 +142,7 @@ class Inpainter:
         (reads each file once). Outside ``low_memory`` the VAE decoder computes on the CPU in one
         ONNX Runtime arena for the process (``session.uses_shared_arena``), renewed when its
         session is released, so that nothing stays allocated between calls unless the sessions
-        are kept (~0.7 GB at 512²; ``session.renew_shared_arena``). ``low_memory`` trades time for
+        are kept (~0.7 GB at 512²; ``session.leave_shared_arena``). ``low_memory`` trades time for
         the smallest peak: no arena for the VAE graphs and never that shared one, and glibc maps
         large blocks on their own from then on, process-wide (``session.map_large_blocks``)."""
         models = open_models(models_dir, precision)
@@ -316,19 +316,21 @@ class Inpainter:
         t = time.perf_counter()
         load0 = dec.load_seconds
         fallback = None
-        for job in jobs:
-            y = dec.run(latent=job.latent)
-            if not np.isfinite(y).all() and self.models.precision != "fp32":
-                log.warning("the %s VAE decoder produced non-finite values; decoding again with the fp32 "
-                            "decoder", self.models.precision)
-                if fallback is None:
-                    fallback = GraphSession(open_models(self.models.root, "fp32"), contract.VAE_DECODER,
-                                            self.config)
-                y = fallback.run(latent=job.latent)
-                info.decoder_fallback = True
-            job.result = to_uint8(np.nan_to_num(y, nan=0.0, posinf=1.0, neginf=0.0))
-        if fallback is not None:
-            fallback.release()
+        try:
+            for job in jobs:
+                y = dec.run(latent=job.latent)
+                if not np.isfinite(y).all() and self.models.precision != "fp32":
+                    log.warning("the %s VAE decoder produced non-finite values; decoding again with the fp32 "
+                                "decoder", self.models.precision)
+                    if fallback is None:
+                        fallback = GraphSession(open_models(self.models.root, "fp32"), contract.VAE_DECODER,
+                                                self.config)
+                    y = fallback.run(latent=job.latent)
+                    info.decoder_fallback = True
+                job.result = to_uint8(np.nan_to_num(y, nan=0.0, posinf=1.0, neginf=0.0))
+        finally:
+            if fallback is not None:
+                fallback.release()
         self._done_with(dec.spec.key)
         info.seconds["decoder_load"] = dec.load_seconds - load0
         info.seconds["decode"] = time.perf_counter() - t - info.seconds["decoder_load"]

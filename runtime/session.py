@@ -20,6 +20,7 @@ Constructors never download anything.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -90,7 +91,7 @@ class SessionConfig:
     threads: int = 0  # intra-op threads; 0 lets ONNX Runtime choose (one per physical core)
     low_memory: bool = False  # the smallest peak: no arena for the VAE graphs, large buffers mapped (below)
     # Outside low-memory mode, whether a session computes in the process-wide arena also depends on
-    # what ran before in the process (``uses_shared_arena``): the arena outlives every session.
+    # whether the sessions are kept, and on the ONNX Runtime build (``uses_shared_arena``).
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,8 +135,8 @@ NO_ARENA = {False: (contract.VAE_DECODER.key,), True: (contract.VAE_DECODER.key,
 # pages instead of faulting in a fresh mapping each (virtual until touched: what RSS sees is what
 # the decoder uses). All three compute in it when the sessions are kept across a batch. ONNX
 # Runtime cannot unregister the arena from Python, but registering another replaces it, and the
-# replaced one is freed with the last session that computes in it: so a session that computed in
-# it renews it when released (``renew_shared_arena``), and a library caller's loop keeps nothing
+# replaced one is freed with the last session that computes in it: so the last session computing
+# in it renews it when released (``leave_shared_arena``), and a library caller's loop keeps nothing
 # from one call to the next. Measured at 512²
 # (benchmarks/pipeline.py, 3-step scratch runs, 2026-12-06; the README's tables are full runs):
 # the int8 run's decode 10.97 -> 8.93 s and its peak (the decode) 1,100 -> 988 MB; the fp32 run's
@@ -143,7 +144,7 @@ NO_ARENA = {False: (contract.VAE_DECODER.key,), True: (contract.VAE_DECODER.key,
 # in it from the first image, the fp32 denoise would hold the encoder's pages: 1,138 -> 1,525 MB.
 # Never renewed, the arena (~0.7 GB) stayed with the process, and a second call without kept
 # sessions created each session on top of it: fp32 peak 1,138 -> 1,766 MB, int8 988 -> 1,258-1,335;
-# renewed, the second call peaks as the first: fp32 1,151 -> 1,152, int8 1,002 -> 1,002
+# renewed, the second call peaks as the first: fp32 1,152 -> 1,152, int8 1,002 -> 1,002
 # (benchmarks/pipeline.py --calls 2). Where ONNX Runtime refuses to register a second arena (older
 # builds), the first one stays, holding its pages, and every later session computes in it rather
 # than beside it.
@@ -152,13 +153,16 @@ USE_ENV_ALLOCATORS = "session.use_env_allocators"  # ONNX Runtime's session conf
 # The first region's size per pixel of the models' image (1.4 GB at 512², where the decoder touches
 # ~0.7 GB of it); ONNX Runtime takes an int, so at most 2 GiB - 1 (larger models grow the arena).
 SHARED_ARENA_BYTES_PER_PIXEL = 5600
-# "first_region": its size in bytes once registered; "failed": ORT refused it; "held": ORT refused to
+# "first_region": its size in bytes once registered; "failed": ORT refused it; "generation": how many
+# times it was renewed; "users": the sessions computing in the current one; "held": ORT refused to
 # renew it, so it keeps its pages for the process
 _SHARED_ARENA: dict = {}
-_SHARED_ARENA_LOCK = threading.Lock()  # one registration at a time, whichever thread creates a session
+# Registration, renewal, and the creation and count of the sessions computing in the arena: a
+# session joins the count of the arena it was created with, never one renewed in between.
+_SHARED_ARENA_LOCK = threading.RLock()
 # The VAE decoder's nodes run in ONNX Runtime's priority-based order: its default order keeps the
-# 512² stage's block inputs alive longer (fp32 decoder at 512², benchmarks/graph_memory.py: 1,199 MB
-# in the shared arena in the default order, 948 MB in this one, both 8.9 s; 975 MB without an arena;
+# 512² stage's block inputs alive longer (fp32 decoder at 512², benchmarks/graph_memory.py: 1,213 MB
+# in the shared arena in the default order, 962 MB in this one, 8.5 and 8.3 s; 985 MB without an arena;
 # the low-memory run's decode phase 1,068 -> 940 MB at the same 11.0 s, benchmarks/pipeline.py). The
 # encoder's order changes nothing. Measured on the CPU; other providers get the same order (it
 # changes no result, only when tensors are freed).
@@ -201,7 +205,7 @@ def uses_shared_arena(config: SessionConfig, graph: str, *, kept: bool = False) 
     """Whether the session of ``graph`` computes in the process-wide arena (see
     ``SHARED_ARENA_GRAPHS``): never in low-memory mode (nor off the CPU: ``create_session``); the
     decoder always; any graph when the sessions are ``kept`` alive together, or once the arena holds
-    pages it could not give back (``renew_shared_arena``)."""
+    pages it could not give back (``leave_shared_arena``)."""
     if config.low_memory:
         return False
     return graph in SHARED_ARENA_GRAPHS or kept or bool(_SHARED_ARENA.get("held"))
@@ -222,19 +226,33 @@ def register_shared_arena(image_size: int) -> bool:
                      "takes about 2 s longer at 512²)", _first_line(e))
             _SHARED_ARENA["failed"] = True
             return False
-        _SHARED_ARENA["first_region"] = size
+        _SHARED_ARENA.update(first_region=size, generation=0, users=0)
         return True
 
 
-def renew_shared_arena() -> bool:
-    """Replace the process-wide arena by a fresh one of the same size, so that the pages the old one
-    touched go back to the system with the last session computing in it (at once when there is
-    none). A session that computed in the arena calls it when released (``GraphSession.release``);
-    later sessions compute in the new one. False when there is no arena, or when ONNX Runtime
-    refuses to register a second one (older builds): the old one then stays, holding its pages, and
-    every later session computes in it (``uses_shared_arena``)."""
+def join_shared_arena(options) -> int | None:
+    """Count a session created with ``options`` among those computing in the process-wide arena,
+    if it is one (call it under ``_SHARED_ARENA_LOCK``, with the session's creation); the arena's
+    generation, for ``leave_shared_arena``, or None."""
+    if not computes_in_shared_arena(options):
+        return None
     with _SHARED_ARENA_LOCK:
-        if "first_region" not in _SHARED_ARENA or _SHARED_ARENA.get("held"):
+        _SHARED_ARENA["users"] += 1
+        return _SHARED_ARENA["generation"]
+
+
+def leave_shared_arena(generation: int) -> bool:
+    """A session of that arena ``generation`` is gone. When it was the last one computing in the
+    current arena, replace the arena by a fresh one of the same size: the old one, and the pages it
+    touched, are freed (ONNX Runtime frees a replaced allocator with its last session), and the
+    next session computes in the new one. True when it renewed the arena and gave the memory back.
+    Where ONNX Runtime refuses to register a second one (older builds), the old one stays, holding
+    its pages, and every later session computes in it (``uses_shared_arena``)."""
+    with _SHARED_ARENA_LOCK:
+        if generation != _SHARED_ARENA.get("generation"):
+            return False  # an arena already replaced: freed with its last session
+        _SHARED_ARENA["users"] -= 1
+        if _SHARED_ARENA["users"] > 0 or _SHARED_ARENA.get("held"):
             return False
         try:
             _register_arena(_SHARED_ARENA["first_region"])
@@ -243,6 +261,7 @@ def renew_shared_arena() -> bool:
                      "sessions compute in it", _first_line(e))
             _SHARED_ARENA["held"] = True
             return False
+        _SHARED_ARENA["generation"] += 1
     release_memory()
     return True
 
@@ -341,7 +360,7 @@ class GraphSession:
         self.provider = None  # what actually ran, once created
         self.load_seconds = 0.0
         self.kept = False  # alive together with the other graphs' sessions (Inpainter.keep_sessions)
-        self.in_shared_arena = False  # whether the session computes in the process-wide arena
+        self.arena_generation = None  # the process-wide arena's, when the session computes in it
 
     @property
     def loaded(self) -> bool:
@@ -353,13 +372,14 @@ class GraphSession:
             if self.config.low_memory:
                 map_large_blocks()
             shared = uses_shared_arena(self.config, self.spec.key, kept=self.kept)
-            sess = create_session(self.path, self.config, label=self.spec.key, graph=self.spec.key,
-                                  shared_arena_for=self.models.image_size if shared else 0)
+            with _SHARED_ARENA_LOCK if shared else contextlib.nullcontext():
+                sess = create_session(self.path, self.config, label=self.spec.key, graph=self.spec.key,
+                                      shared_arena_for=self.models.image_size if shared else 0)
+                self.arena_generation = join_shared_arena(sess.get_session_options())
             self._check_metadata(sess)
             self._check_declared(sess)
             self._session = sess
             self.provider = sess.get_providers()[0]
-            self.in_shared_arena = computes_in_shared_arena(sess.get_session_options())
             # Optimising the graph at load leaves the weights' pre-layout copies freed but kept by
             # glibc, and the first call's arena grows beside them instead of in them (512² fp32 VAE
             # decoder, 3 processes each: RSS after load 446–590 → 262 MB, peak of the call
@@ -369,15 +389,14 @@ class GraphSession:
         return self._session
 
     def release(self) -> None:
-        """Drop the session (and with it its own ORT arena, if it has one, or the process-wide one,
-        renewed: ``renew_shared_arena``), and give the freed memory back to the system, so that the
-        next phase's peak does not stack on it."""
+        """Drop the session (and with it its own ORT arena, if it has one, or the process-wide one
+        once no session computes in it: ``leave_shared_arena``), and give the freed memory back to
+        the system, so that the next phase's peak does not stack on it."""
         if self._session is not None:
             self._session = None
-            if self.in_shared_arena:
-                self.in_shared_arena = False
-                if renew_shared_arena():
-                    return  # it gave the memory back
+            generation, self.arena_generation = self.arena_generation, None
+            if generation is not None and leave_shared_arena(generation):
+                return  # it gave the memory back
             release_memory()
 
     # -- checks -------------------------------------------------------------------------------

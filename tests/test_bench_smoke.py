@@ -241,11 +241,11 @@ def test_vae_tiling_benchmark_measures_tiles_against_the_untiled_decode(tmp_path
 
 def test_graph_memory_benchmark_profiles_each_setting(random_tiny, tmp_path):
     out = tmp_path / "graph_memory.json"
-    proc = _bench("graph_memory.py", "--models", random_tiny, "--settings", "runtime,low-memory", "--repeats", "2",
-                  "--json", out)
+    proc = _bench("graph_memory.py", "--models", random_tiny, "--settings", "runtime,low-memory,split in two",
+                  "--repeats", "2", "--json", out)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
-    assert [x["setting"] for x in r["runs"]] == ["runtime", "low-memory"]
+    assert [x["setting"] for x in r["runs"]] == ["runtime", "low-memory", "split in two"]
     for x in r["runs"]:
         assert len(x["processes"]) == 2 and x["call_s"] > 0
         assert all(p["peak_rss_mb"] >= p["rss_after_load_mb"] > 0 for p in x["processes"])
@@ -261,6 +261,33 @@ def test_graph_memory_benchmark_profiles_each_setting(random_tiny, tmp_path):
     assert proc.returncode == 0, proc.stderr
     runs = json.loads(out.read_text())["runs"]
     assert [x["setting"] for x in runs] == settings and all(x["call_s"] > 0 for x in runs)
+    proc = _bench("graph_memory.py", "--models", random_tiny, "--graph", "unet", "--settings", "split in two")
+    assert proc.returncode == 2 and "cuts the vae_decoder graph only" in proc.stderr
+
+
+def test_graph_memory_split_decoder_parts_compose_to_the_decoder(random_tiny, tmp_path):
+    """``split in two`` measures the decoder cut before its last upsampler: run one after the other,
+    the two parts give the whole graph's output bit for bit (same nodes, same order within each)."""
+    import onnxruntime as ort
+
+    from benchmarks.graph_memory import split_before_last_upsampler
+    from moebius_edge import contract
+    from moebius_edge.models import open_models
+
+    models = open_models(random_tiny)
+    path = models.graph_path(contract.VAE_DECODER)
+    first, second = split_before_last_upsampler(path, tmp_path)
+    rng = np.random.default_rng(0)
+    latent = rng.standard_normal((1, 4, models.latent_size, models.latent_size)).astype(np.float32)
+
+    def run(graph, x):
+        s = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+    whole = run(path, latent)
+    middle = run(first, latent)
+    assert middle.shape[-1] == models.image_size // 2  # cut before the upsampler to the image's size
+    assert np.array_equal(run(second, middle), whole)
 
 
 def test_graph_memory_keeps_a_reshaped_buffer_alive_until_its_alias_is_used():

@@ -137,6 +137,22 @@ def test_variant_folder_is_as_readable_as_its_models_folder(fp16_dir):
     assert variant.folder.stat().st_mode & 0o777 == Path(root).stat().st_mode & 0o777
 
 
+def test_replace_folder_publishes_with_the_umask_mode(tmp_path):
+    """The rename that publishes a staged folder (variants, bundles) leaves it with the mode a
+    folder made under the umask gets, whatever tempfile gave the staging folder (0700)."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        staged = models.staging_folder(tmp_path, "test")
+        (staged / "manifest.json").write_text("{}")
+        models.replace_folder(staged, tmp_path / "variant")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "variant").stat().st_mode & 0o777 == 0o755
+    assert sorted(p.name for p in (tmp_path / "variant").iterdir()) == ["manifest.json"]  # the probe is gone
+
+
 def test_run_and_info_use_the_fp16_variant(fp16_dir, tmp_path, capsys):
     root, _ = fp16_dir
     outs, mask = run_precisions(root, tmp_path, ("fp32", "fp16"))
