@@ -15,8 +15,8 @@ number for number, pass the four tensors as ``noise`` (the keys of ``NOISE_KEYS`
 
 Sessions are created lazily and released after each phase (encode, denoise, decode), so at most
 one graph's weights are alive at a time; which graphs get an ONNX Runtime arena of their own is
-``session.NO_ARENA``, and which compute in the process-wide one (which outlives them, the VAE
-decoder's activations included) ``session.uses_shared_arena``.
+``session.NO_ARENA``, and which compute in the process-wide one (renewed once no session computes
+in it, so that nothing of it outlives a call without kept sessions) ``session.uses_shared_arena``.
 """
 from __future__ import annotations
 
@@ -140,9 +140,9 @@ class Inpainter:
         ("auto", "cpu", "cuda", ...) or a list of provider names in order of preference; CPU is
         always the last resort. ``verify`` checks every graph's SHA-256 against the manifest first
         (reads each file once). Outside ``low_memory`` the VAE decoder computes on the CPU in one
-        ONNX Runtime arena for the process (``session.uses_shared_arena``), renewed when its
-        session is released, so that nothing stays allocated between calls unless the sessions
-        are kept (~0.7 GB at 512²; ``session.leave_shared_arena``). ``low_memory`` trades time for
+        ONNX Runtime arena for the process (``session.uses_shared_arena``), renewed when the last
+        session computing in it goes, so that nothing stays allocated between calls unless the
+        sessions are kept (~0.7 GB at 512²; ``session.leave_shared_arena``). ``low_memory`` trades time for
         the smallest peak: no arena for the VAE graphs and never that shared one, and glibc maps
         large blocks on their own from then on, process-wide (``session.map_large_blocks``)."""
         models = open_models(models_dir, precision)

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -360,7 +361,7 @@ class GraphSession:
         self.provider = None  # what actually ran, once created
         self.load_seconds = 0.0
         self.kept = False  # alive together with the other graphs' sessions (Inpainter.keep_sessions)
-        self.arena_generation = None  # the process-wide arena's, when the session computes in it
+        self._leave_arena = None  # leaves the process-wide arena's count, once, if the session computes in it
 
     @property
     def loaded(self) -> bool:
@@ -375,9 +376,13 @@ class GraphSession:
             with _SHARED_ARENA_LOCK if shared else contextlib.nullcontext():
                 sess = create_session(self.path, self.config, label=self.spec.key, graph=self.spec.key,
                                       shared_arena_for=self.models.image_size if shared else 0)
-                self.arena_generation = join_shared_arena(sess.get_session_options())
-            self._check_metadata(sess)
-            self._check_declared(sess)
+                self._check_metadata(sess)  # a graph refused here never joins the arena's count
+                self._check_declared(sess)
+                generation = join_shared_arena(sess.get_session_options())
+            if generation is not None:
+                # The session leaves the count when it goes, released or dropped with this object.
+                self._leave_arena = weakref.finalize(sess, leave_shared_arena, generation)
+                self._leave_arena.atexit = False
             self._session = sess
             self.provider = sess.get_providers()[0]
             # Optimising the graph at load leaves the weights' pre-layout copies freed but kept by
@@ -394,9 +399,9 @@ class GraphSession:
         the system, so that the next phase's peak does not stack on it."""
         if self._session is not None:
             self._session = None
-            generation, self.arena_generation = self.arena_generation, None
-            if generation is not None and leave_shared_arena(generation):
-                return  # it gave the memory back
+            leave, self._leave_arena = self._leave_arena, None
+            if leave is not None and leave():  # the arena renewed: the memory is given back
+                return
             release_memory()
 
     # -- checks -------------------------------------------------------------------------------

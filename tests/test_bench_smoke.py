@@ -261,7 +261,8 @@ def test_graph_memory_benchmark_profiles_each_setting(random_tiny, tmp_path):
     assert proc.returncode == 0, proc.stderr
     runs = json.loads(out.read_text())["runs"]
     assert [x["setting"] for x in runs] == settings and all(x["call_s"] > 0 for x in runs)
-    proc = _bench("graph_memory.py", "--models", random_tiny, "--graph", "unet", "--settings", "split in two")
+    proc = _bench("graph_memory.py", "--models", random_tiny, "--graph", "unet", "--settings", "split in two",
+                  "--json", out)
     assert proc.returncode == 2 and "cuts the vae_decoder graph only" in proc.stderr
 
 

@@ -297,6 +297,39 @@ def test_each_graph_gets_its_memory_settings(tiny_models_dir, mode):
     assert got["worst"] <= 1
 
 
+def test_the_shared_arena_is_renewed_when_its_last_session_goes(tiny_models_dir, monkeypatch):
+    """The process-wide arena counts the sessions computing in it and is replaced only when the
+    last one goes: released, or dropped without release() (an Inpainter left after an exception);
+    a graph refused by the checks after its session's creation never counts. The registration is
+    stubbed: this process's ONNX Runtime environment is left alone."""
+    import gc
+
+    from moebius_edge import session
+    from moebius_edge.session import GraphSession, SessionConfig
+
+    registered = []
+    monkeypatch.setattr(session, "_register_arena", registered.append)
+    monkeypatch.setattr(session, "_SHARED_ARENA", {})
+    folder, config = open_models(tiny_models_dir), SessionConfig(provider="cpu")
+    first, second = (GraphSession(folder, contract.VAE_DECODER, config) for _ in range(2))
+    first.session()
+    second.session()
+    assert (session._SHARED_ARENA["users"], len(registered)) == (2, 1)
+    first.release()  # the other one still computes in it
+    assert (session._SHARED_ARENA["users"], len(registered)) == (1, 1)
+    del second
+    gc.collect()
+    assert (session._SHARED_ARENA["users"], session._SHARED_ARENA["generation"], len(registered)) == (0, 1, 2)
+
+    def refuse(self, sess):
+        raise UserError("the folder mixes exports")
+
+    monkeypatch.setattr(GraphSession, "_check_declared", refuse)
+    with pytest.raises(UserError):
+        GraphSession(folder, contract.VAE_DECODER, config).session()
+    assert session._SHARED_ARENA["users"] == 0
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt and mallinfo2")
 def test_large_blocks_are_mapped_on_their_own():
     """After map_large_blocks() a 4 MiB block is a mapping of its own (returned to the system when
