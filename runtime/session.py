@@ -145,7 +145,7 @@ NO_ARENA = {False: (contract.VAE_DECODER.key,), True: (contract.VAE_DECODER.key,
 # in it from the first image, the fp32 denoise would hold the encoder's pages: 1,138 -> 1,525 MB.
 # Never renewed, the arena (~0.7 GB) stayed with the process, and a second call without kept
 # sessions created each session on top of it: fp32 peak 1,138 -> 1,766 MB, int8 988 -> 1,258-1,335;
-# renewed, the second call peaks as the first: fp32 1,152 -> 1,152, int8 1,002 -> 1,002
+# renewed, the second call peaks as the first: fp32 1,152 -> 1,153, int8 1,002 -> 1,002
 # (benchmarks/pipeline.py --calls 2). Where ONNX Runtime refuses to register a second arena (older
 # builds), the first one stays, holding its pages, and every later session computes in it rather
 # than beside it.
