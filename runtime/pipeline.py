@@ -142,9 +142,9 @@ class Inpainter:
         (reads each file once). Outside ``low_memory`` the VAE decoder computes on the CPU in one
         ONNX Runtime arena for the process (``session.uses_shared_arena``), renewed when the last
         session computing in it goes, so that nothing stays allocated between calls unless the
-        sessions are kept (~0.7 GB at 512²; ``session.leave_shared_arena``). ``low_memory`` trades time for
-        the smallest peak: no arena for the VAE graphs and never that shared one, and glibc maps
-        large blocks on their own from then on, process-wide (``session.map_large_blocks``)."""
+        sessions are kept (~0.7 GB at 512²; ``session.leave_shared_arena``). ``low_memory`` trades
+        time for the smallest peak: no arena for the VAE graphs and never that shared one, and glibc
+        maps large blocks on their own from then on, process-wide (``session.map_large_blocks``)."""
         models = open_models(models_dir, precision)
         if verify:
             models.verify()
