@@ -113,6 +113,16 @@ def _watch_phases(inp) -> dict:
     return peaks
 
 
+def _call(seconds: dict, phase_peaks: dict) -> dict:
+    """One inpainting's figures: its time without creating sessions (ORT) or building modules
+    (PyTorch), what the configurations are compared on; that creation apart; its peaks."""
+    load = sum(seconds[k] for k in LOAD_PHASES)
+    # Resetting VmHWM per phase (clear_refs) resets getrusage's peak too: the call's peak is the
+    # largest of the phases' and what getrusage saw since the last reset.
+    return {"compute_s": round(seconds["total"] - load, 3), "load_s": round(load, 3),
+            "phase_peak_rss_mb": dict(phase_peaks), "peak_rss_mb": round(max(_rss_mb(), *phase_peaks.values()), 1)}
+
+
 def worker(models: str, config: str, steps: int, threads: int, calls: int = 1) -> dict:
     """One run in this process (and ``calls - 1`` more of the same inpainting after it, as
     ``later_calls``); returns timings and peak RSS."""
@@ -146,30 +156,20 @@ def worker(models: str, config: str, steps: int, threads: int, calls: int = 1) -
     inp.inpaint(image, hole, seed=0, steps=steps)
     wall = time.perf_counter() - t
     info = inp.last_run
-    # Resetting VmHWM per phase (clear_refs) resets getrusage's peak too: the run's peak is the
-    # largest of the phases' and what getrusage saw since the last reset.
-    peak = round(max(_rss_mb(), *phase_peaks.values()), 1)
-    first_peaks, later = dict(phase_peaks), []  # _watch_phases refills phase_peaks on each call
+    first, later = _call(info.seconds, phase_peaks), []
     for _ in range(calls - 1):
-        phase_peaks.clear()
+        phase_peaks.clear()  # _watch_phases refills it on each call
         inp.inpaint(image, hole, seed=0, steps=steps)
-        s = inp.last_run.seconds
-        later.append({"compute_s": round(s["total"] - sum(s[k] for k in LOAD_PHASES), 3),
-                      "load_s": round(sum(s[k] for k in LOAD_PHASES), 3),
-                      "phase_peak_rss_mb": dict(phase_peaks),
-                      "peak_rss_mb": round(max(_rss_mb(), *phase_peaks.values()), 1)})
+        later.append(_call(inp.last_run.seconds, phase_peaks))
     return {"config": config, "models": str(models), "models_provenance": open_models(models).provenance,
             "vae": {} if precision == TORCH else vae_precisions(models, precision),
             "image_px": [n, n], "model_steps": info.steps, "threads": threads,
             "open_models_s": round(open_s, 3), "wall_s": round(wall, 3),
             "seconds": {k: round(v, 3) for k, v in info.seconds.items()},
             "unet_step_s": round(info.seconds["denoise"] / info.steps, 3),
-            # The inpainting without creating sessions (ORT) or building modules (PyTorch): what
-            # the configurations are compared on; loading is reported apart.
-            "compute_s": round(info.seconds["total"] - sum(info.seconds[k] for k in LOAD_PHASES), 3),
-            "load_s": round(open_s + sum(info.seconds[k] for k in LOAD_PHASES), 3),
-            "peak_rss_mb": peak, "rss_before_mb": round(base_mb, 1),
-            "phase_peak_rss_mb": first_peaks,
+            "compute_s": first["compute_s"], "load_s": round(open_s + first["load_s"], 3),
+            "peak_rss_mb": first["peak_rss_mb"], "rss_before_mb": round(base_mb, 1),
+            "phase_peak_rss_mb": first["phase_peak_rss_mb"],
             "providers": info.providers, **({"later_calls": later} if later else {})}
 
 
