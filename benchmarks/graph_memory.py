@@ -28,7 +28,11 @@ second call, timed. Settings:
   other, the second session created once the first is gone: the weights of the 64²–256² stages
   (nearly all of them) are not held through the 512² stage. Not what the runtime does: it measures
   what releasing weights within the decode would save. Its call includes the second session's
-  creation.
+  creation;
+* ``streamed`` (the VAE decoder only, of a folder that has the streamed decoder): the low-memory
+  mode's decode as the runtime runs it (``moebius_edge.streamed_decoder``: the head graph, then the
+  512² stage in strips of rows with the whole image's GroupNorm statistics), with ``low-memory``'s
+  process settings. Its call includes its sessions' creation (one per pass).
 
 (The ``runtime`` setting's calls run under the profiler: a little slower than the runtime's.)
 
@@ -64,8 +68,10 @@ from moebius_edge.models import external_data_path, open_models  # noqa: E402
 from moebius_edge.session import release_memory  # noqa: E402
 
 SPLIT = "split in two"  # the decoder cut in two graphs (above)
+STREAMED = "streamed"  # the runtime's streamed decoder (above)
+DECODER_ONLY = (SPLIT, STREAMED)
 SETTINGS = ("runtime", "low-memory", "arena", "no arena", "default order", "untrimmed", "pre-optimised", "extended",
-            "one file", "mapped", SPLIT)
+            "one file", "mapped", *DECODER_ONLY)
 SAMPLE_S = 0.002
 TOP = 6  # blocks and live tensors in the table
 PEAK_SLACK_MB = 8
@@ -110,7 +116,7 @@ def _options(setting: str, tmp: Path, path: Path, graph: str, image_size: int):
     from moebius_edge.session import (SessionConfig, _session_options, map_large_blocks, register_shared_arena,
                                       uses_shared_arena)
 
-    low_memory = setting in ("low-memory", SPLIT)
+    low_memory = setting in ("low-memory", *DECODER_ONLY)
     if low_memory:
         map_large_blocks()
     config = SessionConfig(provider="cpu", low_memory=low_memory)
@@ -205,6 +211,25 @@ def _split_child(so, paths: tuple, feed: dict) -> dict:
             "rss_after_load_mb": loaded, "peak_rss_mb": max(v for _, v in samples), "call_s": seconds}
 
 
+def _streamed_child(models, feed: dict) -> dict:
+    """``streamed``: the runtime's streamed decode in one sampled call (see the module's docstring)."""
+    from moebius_edge.session import SessionConfig, map_large_blocks
+    from moebius_edge.streamed_decoder import StreamedDecoder, find_plan
+
+    plan = find_plan(models)
+    if plan is None:
+        raise SystemExit(f"{STREAMED}: {models.root} has no streamed decoder (add one: python -m "
+                         f"moebius_edge.export.streamed_decoder {models.root})")
+    map_large_blocks()
+    dec = StreamedDecoder(models.root, plan, SessionConfig(provider="cpu", low_memory=True))
+    base = _rss_mb()
+    t = time.perf_counter()
+    _, samples = _sampled(lambda: dec.run(feed[contract.VAE_DECODER.inputs[0].name]))
+    seconds = time.perf_counter() - t
+    return {"setting": STREAMED, "rss_start_mb": base, "load_peak_rss_mb": base, "rss_after_load_mb": base,
+            "peak_rss_mb": max(v for _, v in samples), "call_s": seconds}
+
+
 def _child(models_dir: str, precision: str, graph: str, setting: str) -> dict:
     import numpy as np
     import onnxruntime as ort
@@ -212,6 +237,8 @@ def _child(models_dir: str, precision: str, graph: str, setting: str) -> dict:
     models = open_models(models_dir, precision)
     spec = next(g for g in contract.GRAPHS if g.key == graph)
     feed = {k: np.asarray(v) for k, v in _feed(models, spec).items()}
+    if setting == STREAMED:
+        return _streamed_child(models, feed)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         so, path = _options(setting, tmp, models.graph_path(spec), spec.key, models.image_size)
@@ -332,15 +359,16 @@ def main(argv=None) -> int:
     if not Path("/proc/self/statm").is_file():
         raise SystemExit("graph_memory.py samples /proc/self/statm: it runs on Linux only")
     if not args.settings:
-        args.settings = ",".join(s for s in SETTINGS if s != SPLIT or args.graph == contract.VAE_DECODER.key)
+        args.settings = ",".join(s for s in SETTINGS if s not in DECODER_ONLY or args.graph == contract.VAE_DECODER.key)
     unknown = set(args.settings.split(",")) - set(SETTINGS)
     if unknown:
         ap.error(f"unknown settings {sorted(unknown)}; choose from {', '.join(SETTINGS)}")
     if args.child:
         print(json.dumps(_child(args.models, args.precision, args.graph, args.child)))
         return 0
-    if SPLIT in args.settings.split(",") and args.graph != contract.VAE_DECODER.key:
-        ap.error(f"{SPLIT!r} cuts the {contract.VAE_DECODER.key} graph only")
+    for setting in set(DECODER_ONLY) & set(args.settings.split(",")):
+        if args.graph != contract.VAE_DECODER.key:
+            ap.error(f"{setting!r} applies to the {contract.VAE_DECODER.key} graph only")
     models = open_models(args.models, args.precision)
     runs = {s: [] for s in args.settings.split(",")}
     for _ in range(args.repeats):  # round-robin: a slow spell of the machine hits every setting alike

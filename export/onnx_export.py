@@ -8,7 +8,8 @@ Files are written under a temporary name and renamed; ``export_models`` stages a
 and the manifest in a private folder and moves them into place only when every gate passed, so
 an interrupted export never leaves a half-written model. The UNet (``GraphSpec.mapped_weights``),
 and any graph over protobuf's 2 GB limit, keeps its weights in one ``<graph>.onnx.data`` sidecar,
-moved, hashed and listed with it.
+moved, hashed and listed with it. The low-memory mode's streamed decoder is derived from the
+exported decoder and checked against it in the same staging (``export/streamed_decoder.py``).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from moebius_edge.errors import UserError
 from moebius_edge.export.config import MoebiusConfig
 from moebius_edge.export.model import RemovalModel
 from moebius_edge.export.transforms import fold_batchnorm
+from moebius_edge.export.streamed_decoder import add_streamed_decoder
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +386,11 @@ def export_models(model: RemovalModel, vae, scaling_factor: float, out_dir, *, p
                           if p.key == contract.META_PARITY)
             manifest[parity_key][graph.key] = json.loads(parity)
             manifest[contract.MANIFEST_GRAPHS][graph.key] = models.graph_entry(path, staging)
+        with stage("streamed decoder (low-memory mode)"):
+            decoder = dict(zip((g.key for g in contract.GRAPHS), paths))[contract.VAE_DECODER.key]
+            streamed = add_streamed_decoder(staging, decoder, cfg.latent_size)
+        if streamed is not None:
+            manifest[contract.MANIFEST_STREAMED_DECODER] = streamed
         models.write_manifest(staging, manifest)
         (out_dir / contract.MANIFEST_FILE).unlink(missing_ok=True)
         models.purge_variants(out_dir)
@@ -393,6 +400,9 @@ def export_models(model: RemovalModel, vae, scaling_factor: float, out_dir, *, p
                     os.replace(staging / name, out_dir / name)
                 else:
                     (out_dir / name).unlink(missing_ok=True)  # a stale sidecar of an older export
+        shutil.rmtree(out_dir / contract.STREAMED_DECODER_DIR, ignore_errors=True)
+        if streamed is not None:
+            os.replace(staging / contract.STREAMED_DECODER_DIR, out_dir / contract.STREAMED_DECODER_DIR)
         os.replace(staging / contract.MANIFEST_FILE, out_dir / contract.MANIFEST_FILE)
         return manifest
     finally:

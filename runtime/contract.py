@@ -225,6 +225,17 @@ GRAPH_SHA256 = "sha256"
 GRAPH_BYTES = "bytes"
 GRAPH_EXTERNAL_DATA = "external_data"
 
+# The low-memory mode's decode (runtime/streamed_decoder.py): the VAE decoder's last stage in strips
+# of rows, with the whole image's GroupNorm statistics, so the same pixels as the whole graph. Its
+# graphs (a head and one graph per pass, derived from vae_decoder.onnx at export) are in this folder
+# of the FP32 models folder, its plan in this field of the FP32 manifest; a variant whose decoder is
+# the FP32 file uses them too.
+STREAMED_DECODER_DIR = "vae_decoder_stream"
+MANIFEST_STREAMED_DECODER = "streamed_decoder"
+# META_GRAPH of its pass graphs (its head's is VAE_DECODER's key), and the key their sessions'
+# memory settings are chosen by (session.py)
+STREAMED_DECODER_PASS = VAE_DECODER.key + ".pass"
+
 # Quantized variants (docs/contract.md §5): written by `quantize` beside a variant's manifest, read
 # by `info`, the runtime and benchmarks. The manifest records the quality gate's verdict, so that
 # `run` can warn about a variant whose gate was only advisory (random-init weights).

@@ -117,7 +117,7 @@ class ModelsFolder:
         return self.manifest[contract.MANIFEST_GRAPHS][spec.key]
 
     def graph_path(self, spec: contract.GraphSpec) -> Path:
-        return _resolve_in(self.root, self.folder, self.entry(spec)[contract.GRAPH_FILE])
+        return resolve_in(self.root, self.folder, self.entry(spec)[contract.GRAPH_FILE])
 
     def files(self, spec: contract.GraphSpec) -> list:
         """[(path, manifest entry)] for a graph and its external-data sidecar, if it has one."""
@@ -125,7 +125,7 @@ class ModelsFolder:
         out = [(self.graph_path(spec), entry)]
         if isinstance(entry.get(contract.GRAPH_EXTERNAL_DATA), dict):
             data = entry[contract.GRAPH_EXTERNAL_DATA]
-            out.append((_resolve_in(self.root, self.folder, data[contract.GRAPH_FILE]), data))
+            out.append((resolve_in(self.root, self.folder, data[contract.GRAPH_FILE]), data))
         return out
 
     def verify(self, keys=None) -> None:
@@ -143,7 +143,7 @@ class ModelsFolder:
                 log.debug("%s: SHA-256 ok (%.2f s)", path.name, time.perf_counter() - t)
 
 
-def _resolve_in(root: Path, folder: Path, name) -> Path:
+def resolve_in(root: Path, folder: Path, name) -> Path:
     """``folder / name``, refused when it leaves the models folder (a manifest is data, not trust).
     Symbolic links are not followed for the check: a Hugging Face cache snapshot is a folder of
     links into the cache's blob store."""
@@ -170,7 +170,7 @@ def read_manifest(folder) -> dict:
     return manifest
 
 
-def _check_file(path: Path, entry: dict, where: Path, what: str) -> None:
+def check_file(path: Path, entry: dict, where: Path, what: str) -> None:
     if not isinstance(entry, dict) or not {contract.GRAPH_FILE, contract.GRAPH_SHA256, contract.GRAPH_BYTES} <= set(entry):
         raise UserError(f"{where} has no complete entry for {what}")
     if not path.is_file():
@@ -222,7 +222,7 @@ def open_models(models_dir, precision: str = "fp32") -> ModelsFolder:
         if not isinstance(entry, dict) or contract.GRAPH_FILE not in entry:
             raise UserError(f"{where} has no complete entry for graph {spec.key!r}")
         for path, e in m.files(spec):
-            _check_file(path, e, where, f"graph {spec.key!r}" if e is entry else f"{spec.key!r} external data")
+            check_file(path, e, where, f"graph {spec.key!r}" if e is entry else f"{spec.key!r} external data")
     if precision != "fp32":
         check_source(m)
     check_onnxruntime(m)
@@ -354,7 +354,10 @@ def variant_manifest(fp32: ModelsFolder, precision: str, folder, graphs: dict, e
     if precision == "fp32" or precision not in contract.PRECISIONS:
         raise ValueError(f"not a variant precision: {precision!r}")
     folder = Path(folder)
-    manifest = {k: v for k, v in fp32.manifest.items() if k != contract.MANIFEST_QUANTIZE_GATE}
+    # The streamed decoder's plan stays in the FP32 manifest (its paths are relative to it); a
+    # variant whose decoder is the FP32 file finds it there (streamed_decoder.find_plan).
+    manifest = {k: v for k, v in fp32.manifest.items()
+                if k not in (contract.MANIFEST_QUANTIZE_GATE, contract.MANIFEST_STREAMED_DECODER)}
     manifest[contract.manifest_key(contract.META_PRECISION)] = precision
     manifest[contract.MANIFEST_SOURCE_GRAPHS] = source_digests(fp32.manifest)
     manifest[contract.MANIFEST_GRAPHS] = {

@@ -489,21 +489,25 @@ def test_resolve_models_imports_no_torch(models_cache):
 
 def test_run_with_a_models_repo_from_the_cache(tiny_models_dir, golden, tmp_path):
     """`run --models owner/name` on a real exported folder in a Hugging Face cache (a snapshot
-    of links into the blob store), offline, on a base install: the same bytes as the local folder."""
+    of links into the blob store), offline, on a base install: the same bytes as the local folder,
+    in low-memory mode too (its streamed decoder is a sub-folder of links)."""
     from PIL import Image
 
     cache = tmp_path / "hub"
-    for path in sorted(tiny_models_dir.iterdir()):
-        add_to_cache(cache, MODELS_REPO, MODELS_COMMIT, path.name, path.read_bytes())
+    for path in sorted(p for p in tiny_models_dir.rglob("*") if p.is_file()):
+        name = path.relative_to(tiny_models_dir).as_posix()
+        add_to_cache(cache, MODELS_REPO, MODELS_COMMIT, name, path.read_bytes())
     Image.fromarray(golden["image_u8"]).save(tmp_path / "img.png")
     Image.fromarray(golden["mask_u8"]).save(tmp_path / "mask.png")
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     outs = {}
-    for name, models in (("hub", MODELS_REPO), ("local", str(tiny_models_dir))):
+    for name, models, extra in (("hub", MODELS_REPO, []), ("local", str(tiny_models_dir), []),
+                                ("hub-low", MODELS_REPO, ["--low-memory"]),
+                                ("local-low", str(tiny_models_dir), ["--low-memory"])):
         out = tmp_path / f"{name}.png"
         proc = subprocess.run([sys.executable, "-m", "moebius_edge.cli", "run", str(tmp_path / "img.png"),
-                               str(tmp_path / "mask.png"), "--models", models, "--steps", "3", "-o", str(out)],
-                              capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+                               str(tmp_path / "mask.png"), "--models", models, "--steps", "3", "-o", str(out),
+                               *extra], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         outs[name] = out.read_bytes()
-    assert outs["hub"] == outs["local"]
+    assert outs["hub"] == outs["local"] and outs["hub-low"] == outs["local-low"]

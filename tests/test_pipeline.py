@@ -18,6 +18,7 @@ from moebius_edge.errors import UserError
 from moebius_edge.pipeline import NOISE_KEYS, Cancelled, Inpainter, load_noise_file
 from moebius_edge.models import open_models
 from moebius_edge.session import resolve_providers
+from moebius_edge.streamed_decoder import find_plan
 
 DATA = Path(__file__).parent / "data"
 
@@ -281,11 +282,15 @@ def test_each_graph_gets_its_memory_settings(tiny_models_dir, mode):
     assert done.returncode == 0, done.stderr[-2000:]
     got = json.loads(done.stdout.splitlines()[-1])
     enc, unet, dec = contract.VAE_ENCODER.key, contract.UNET.key, contract.VAE_DECODER.key
+    passes = len(find_plan(open_models(tiny_models_dir)).passes)  # the SD decoder's last stage: 7 GroupNorms
+    assert passes == 8
     own = [[enc, "own", False], [unet, "own", False], [dec, "none", True]]
     first = own[:2] + [[dec, "shared", True]]
     expected = {"default": first * 2,
                 "keep": [[enc, "shared", False], [unet, "shared", False]] + [[dec, "shared", True]] * 2,
-                "low-memory": [[enc, "none", False], [unet, "own", False], [dec, "none", True]] * 2,
+                # the decoder streamed: its head as the decoder, then its passes, each with an arena
+                "low-memory": ([[enc, "none", False], [unet, "own", False], [dec, "none", True]]
+                               + [[contract.STREAMED_DECODER_PASS, "own", False]] * passes) * 2,
                 "refused": own * 2,
                 "held": first + [[enc, "shared", False], [unet, "shared", False], [dec, "shared", True]]}[mode]
     assert got["created"] == expected
@@ -293,8 +298,9 @@ def test_each_graph_gets_its_memory_settings(tiny_models_dir, mode):
     # then anew once the last session computing in it was released: each decoder's without kept
     # sessions (the second one's after the last call), the last of the kept ones at release()
     assert got["registered"] == {"default": [2, 3, 6], "keep": [0, 4], "held": [2]}.get(mode, [])
-    # low-memory mode: glibc's mapping before each session (the first included)
-    assert got["events"] == (["map", "session"] if mode == "low-memory" else ["session"]) * len(expected)
+    # low-memory mode: glibc's mapping before each graph's session (the first included)
+    maps = (["map", "session"] * 2 + ["session"] * (1 + passes)) * 2
+    assert got["events"] == (maps if mode == "low-memory" else ["session"] * len(expected))
     assert got["worst"] <= 1
 
 
