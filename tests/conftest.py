@@ -55,6 +55,19 @@ def standin_dir(tmp_path_factory):
     return export_standin(tmp_path_factory.mktemp("standin") / "models")
 
 
+@pytest.fixture
+def pair(tmp_path):
+    """A 200×150 photo and its mask (a 40×40 box), as PNG files."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    m = np.zeros((150, 200), np.uint8)
+    m[50:90, 80:120] = 255
+    Image.fromarray(m).save(tmp_path / "mask.png")
+    return tmp_path / "photo.png", tmp_path / "mask.png"
+
+
 @pytest.fixture(scope="session")
 def golden():
     """Every array of the official end-to-end golden, pipeline_case.npz."""

@@ -16,17 +16,6 @@ from moebius_edge import cli, contract
 from moebius_edge.errors import MissingExtraError, UserError
 
 
-@pytest.fixture
-def pair(tmp_path):
-    """A 200×150 photo and its mask (a 40×40 box), as PNG files."""
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
-    m = np.zeros((150, 200), np.uint8)
-    m[50:90, 80:120] = 255
-    Image.fromarray(m).save(tmp_path / "mask.png")
-    return tmp_path / "photo.png", tmp_path / "mask.png"
-
-
 def run(capsys, *argv):
     rc = cli.main(["run", *map(str, argv)])
     out, err = capsys.readouterr()

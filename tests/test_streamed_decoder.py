@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from moebius_edge import cli, contract, models
 from moebius_edge.models import open_models
@@ -108,16 +107,6 @@ def test_a_stage_without_group_norms_is_declined(tmp_path, caplog):
         assert add_streamed_decoder(tmp_path, path, 8) is None
     assert "no GroupNorm" in caplog.text
     assert not (tmp_path / contract.STREAMED_DECODER_DIR).exists()
-
-
-@pytest.fixture
-def pair(tmp_path):
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
-    m = np.zeros((150, 200), np.uint8)
-    m[50:90, 80:120] = 255
-    Image.fromarray(m).save(tmp_path / "mask.png")
-    return tmp_path / "photo.png", tmp_path / "mask.png"
 
 
 # An edited plan record: each would end in a traceback (or wrong crops) if taken as it is.
