@@ -116,7 +116,7 @@ def _options(setting: str, tmp: Path, path: Path, graph: str, image_size: int):
     from moebius_edge.session import (SessionConfig, _session_options, map_large_blocks, register_shared_arena,
                                       uses_shared_arena)
 
-    low_memory = setting in ("low-memory", *DECODER_ONLY)
+    low_memory = setting in ("low-memory", SPLIT)
     if low_memory:
         map_large_blocks()
     config = SessionConfig(provider="cpu", low_memory=low_memory)

@@ -388,7 +388,9 @@ def export_models(model: RemovalModel, vae, scaling_factor: float, out_dir, *, p
             manifest[contract.MANIFEST_GRAPHS][graph.key] = models.graph_entry(path, staging)
         with stage("streamed decoder (low-memory mode)"):
             decoder = dict(zip((g.key for g in contract.GRAPHS), paths))[contract.VAE_DECODER.key]
-            streamed = add_streamed_decoder(staging, decoder, cfg.latent_size)
+            streamed = add_streamed_decoder(staging, decoder,
+                                            manifest[contract.MANIFEST_GRAPHS][contract.VAE_DECODER.key][
+                                                contract.GRAPH_SHA256], cfg.latent_size)
         if streamed is not None:
             manifest[contract.MANIFEST_STREAMED_DECODER] = streamed
         models.write_manifest(staging, manifest)
@@ -400,9 +402,10 @@ def export_models(model: RemovalModel, vae, scaling_factor: float, out_dir, *, p
                     os.replace(staging / name, out_dir / name)
                 else:
                     (out_dir / name).unlink(missing_ok=True)  # a stale sidecar of an older export
-        shutil.rmtree(out_dir / contract.STREAMED_DECODER_DIR, ignore_errors=True)
         if streamed is not None:
-            os.replace(staging / contract.STREAMED_DECODER_DIR, out_dir / contract.STREAMED_DECODER_DIR)
+            models.replace_folder(staging / contract.STREAMED_DECODER_DIR, out_dir / contract.STREAMED_DECODER_DIR)
+        else:
+            shutil.rmtree(out_dir / contract.STREAMED_DECODER_DIR, ignore_errors=True)
         os.replace(staging / contract.MANIFEST_FILE, out_dir / contract.MANIFEST_FILE)
         return manifest
     finally:

@@ -241,9 +241,10 @@ def _save(part, path: Path, metadata: dict, graph: str) -> None:
     onnx.save_model(part, str(path))
 
 
-def derive(decoder: Path, root: Path) -> StreamPlan:
+def derive(decoder: Path, root: Path, decoder_sha256: str) -> StreamPlan:
     """Write the head and pass graphs into ``root/STREAMED_DECODER_DIR`` and return the plan (graph
-    entries relative to ``root``); raises ``Declined`` for a stage it does not handle."""
+    entries relative to ``root``) for the decoder of that SHA-256 (its manifest entry's); raises
+    ``Declined`` for a stage it does not handle."""
     import onnx
     from onnx.utils import Extractor
 
@@ -296,19 +297,17 @@ def derive(decoder: Path, root: Path) -> StreamPlan:
     passes = tuple(Pass(entry=models.graph_entry(path, root), inputs=tuple(ins), outputs=tuple(outs), halo=halo,
                         store=tuple(keep), free=tuple(sorted(t for t, i in last_read.items() if i == k and t in level)))
                    for k, (path, ins, outs, halo, keep) in enumerate(plans))
-    return StreamPlan(source_sha256=models.sha256_file(decoder), head=models.graph_entry(head_path, root), cut=cut,
+    return StreamPlan(source_sha256=decoder_sha256, head=models.graph_entry(head_path, root), cut=cut,
                       factor=factor, norms=tuple(norms), passes=passes, output=output)
 
 
 def check(decoder: Path, root: Path, plan: StreamPlan, latent_size: int, seed: int = 0) -> float:
     """Largest |streamed − whole| on the decoder's [0, 1] image for a random latent, both on the CPU."""
-    import onnxruntime as ort
-
-    from moebius_edge.session import SessionConfig
+    from moebius_edge.session import SessionConfig, create_session
 
     latent = np.random.default_rng(seed).standard_normal(
         (1, contract.LATENT_CHANNELS, latent_size, latent_size)).astype(np.float32) * 4
-    whole = ort.InferenceSession(str(decoder), providers=["CPUExecutionProvider"])
+    whole = create_session(decoder, SessionConfig(provider="cpu"))
     ref = whole.run(None, {contract.VAE_DECODER.inputs[0].name: latent})[0]
     del whole
     # strips of a quarter of the height: several strips at any size, the halos crossing them
@@ -319,18 +318,18 @@ def check(decoder: Path, root: Path, plan: StreamPlan, latent_size: int, seed: i
     return err if np.isfinite(err) else float("inf")
 
 
-def add_streamed_decoder(staging: Path, decoder: Path, latent_size: int) -> dict | None:
+def add_streamed_decoder(staging: Path, decoder: Path, decoder_sha256: str, latent_size: int) -> dict | None:
     """Derive, check and write the streamed decoder beside ``decoder`` in ``staging``; the manifest
     record, or None (logged) where the decoder's last stage is not one it handles or the check
     fails (the low-memory mode then decodes whole, as before it existed)."""
     import shutil
 
     try:
-        plan = derive(decoder, staging)
+        plan = derive(decoder, staging, decoder_sha256)
         err = check(decoder, staging, plan, latent_size)
         if err > STREAM_ATOL:
             raise Declined(f"max |streamed - whole| {err:.1e} > {STREAM_ATOL:.0e}")
-    except Declined as e:
+    except (Declined, UserError) as e:  # UserError: ONNX Runtime could not run a derived graph
         shutil.rmtree(staging / contract.STREAMED_DECODER_DIR, ignore_errors=True)
         log.warning("no streamed decoder for the low-memory mode (%s): it will decode whole", e)
         return None
@@ -347,10 +346,12 @@ def add_to_folder(models_dir) -> str:
 
     require("onnx", "quantize")  # the lightest extra with onnx
     fp32 = models.open_models(models_dir, "fp32")
+    fp32.verify({contract.VAE_DECODER.key})  # what the plan is derived from is what the manifest names
     decoder = fp32.graph_path(contract.VAE_DECODER)
     staging = models.staging_folder(fp32.root, "stream")
     try:
-        record = add_streamed_decoder(staging, decoder, fp32.latent_size)
+        record = add_streamed_decoder(staging, decoder, fp32.entry(contract.VAE_DECODER)[contract.GRAPH_SHA256],
+                                      fp32.latent_size)
         if record is None:
             raise UserError(f"{decoder}: no streamed decoder could be derived (the warning above says why)")
         manifest = {k: v for k, v in fp32.manifest.items() if k != contract.MANIFEST_STREAMED_DECODER}
@@ -381,7 +382,7 @@ def main(argv=None) -> int:
         print(add_to_folder(args.models))
     except UserError as e:
         print(f"{ap.prog}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     return 0
 
 

@@ -134,13 +134,18 @@ class ModelsFolder:
             if keys is not None and spec.key not in keys:
                 continue
             for path, entry in self.files(spec):
-                t = time.perf_counter()
-                digest = sha256_file(path)
-                if digest != entry[contract.GRAPH_SHA256]:
-                    raise UserError(f"{path} does not match its manifest (SHA-256 {digest[:12]}… instead of "
-                                    f"{str(entry[contract.GRAPH_SHA256])[:12]}…): the file is corrupt or was "
-                                    f"replaced; export the models again")
-                log.debug("%s: SHA-256 ok (%.2f s)", path.name, time.perf_counter() - t)
+                verify_file(path, entry)
+
+
+def verify_file(path: Path, entry: dict) -> None:
+    """A file's SHA-256 against its manifest entry, or a one-line error."""
+    t = time.perf_counter()
+    digest = sha256_file(path)
+    if digest != entry[contract.GRAPH_SHA256]:
+        raise UserError(f"{path} does not match its manifest (SHA-256 {digest[:12]}… instead of "
+                        f"{str(entry[contract.GRAPH_SHA256])[:12]}…): the file is corrupt or was "
+                        f"replaced; export the models again")
+    log.debug("%s: SHA-256 ok (%.2f s)", path.name, time.perf_counter() - t)
 
 
 def resolve_in(root: Path, folder: Path, name) -> Path:

@@ -37,7 +37,7 @@ import numpy as np
 
 from moebius_edge import contract
 from moebius_edge.errors import UserError
-from moebius_edge.models import ModelsFolder, check_file, read_manifest, resolve_in, sha256_file
+from moebius_edge.models import ModelsFolder, check_file, read_manifest, resolve_in, verify_file
 from moebius_edge import session
 from moebius_edge.session import SessionConfig, release_memory
 
@@ -178,10 +178,7 @@ def find_plan(models: ModelsFolder) -> StreamPlan | None:
 def verify_plan(models: ModelsFolder, plan: StreamPlan) -> None:
     """SHA-256 of the plan's graph files against the manifest (``ModelsFolder.verify``'s check)."""
     for entry in plan.entries():
-        path = resolve_in(models.root, models.root, entry[contract.GRAPH_FILE])
-        if sha256_file(path) != entry[contract.GRAPH_SHA256]:
-            raise UserError(f"{path} does not match its manifest: the file is corrupt or was replaced; export the "
-                            f"models again")
+        verify_file(resolve_in(models.root, models.root, entry[contract.GRAPH_FILE]), entry)
 
 
 class _Moments:
@@ -209,6 +206,9 @@ class _Moments:
     def affine(self, norm: Norm) -> tuple:
         """(scale, shift), each (batch, C, 1, 1) float32: x·scale + shift is the GroupNorm of x."""
         b, c = self.mean.shape
+        if c % norm.groups:
+            raise UserError(f"a GroupNorm of {c} channels in {norm.groups} groups: the manifest's "
+                            f"{contract.MANIFEST_STREAMED_DECODER!r} record was edited; export the models again")
         per = c // norm.groups
         means = self.mean.reshape(b, norm.groups, per)
         mean = means.mean(axis=2)  # the channels of a group have the same count
@@ -236,10 +236,17 @@ class StreamedDecoder:
         self.load_seconds = 0.0
         self.provider = None  # what ran the head, once it ran
 
-    def _session(self, entry: dict, label: str, graph: str):
+    def _session(self, entry: dict, label: str, graph: str, inputs, outputs):
+        """The graph's session, refused in one line unless it has the inputs and outputs the plan
+        names (an edited record or a swapped file); trimmed after its creation as GraphSession's."""
         t = time.perf_counter()
         path = resolve_in(self.root, self.root, entry[contract.GRAPH_FILE])
         sess = session.create_session(Path(path), self.config, label=label, graph=graph)
+        have_in, have_out = {i.name for i in sess.get_inputs()}, {o.name for o in sess.get_outputs()}
+        if have_in != set(inputs) or not set(outputs) <= have_out:
+            raise UserError(f"{path} does not have the inputs and outputs its manifest's "
+                            f"{contract.MANIFEST_STREAMED_DECODER!r} record names; export the models again")
+        release_memory()
         self.load_seconds += time.perf_counter() - t
         return sess
 
@@ -247,7 +254,8 @@ class StreamedDecoder:
         plan = self.plan
         # The head is the decoder's bulk: the decoder's memory settings (session.NO_ARENA and the
         # execution order); the passes compute on strips: ``contract.STREAMED_DECODER_PASS``'s.
-        head = self._session(plan.head, f"{contract.VAE_DECODER.key} head", contract.VAE_DECODER.key)
+        head = self._session(plan.head, f"{contract.VAE_DECODER.key} head", contract.VAE_DECODER.key,
+                             contract.VAE_DECODER.input_names, [plan.cut])
         self.provider = head.get_providers()[0]
         # a copy: an array of ONNX Runtime's would keep the released session's memory alive
         stored = {plan.cut: np.array(head.run(None, {contract.VAE_DECODER.inputs[0].name: latent})[0])}
@@ -259,7 +267,7 @@ class StreamedDecoder:
         affine = {}
         for i, p in enumerate(plan.passes):
             sess = self._session(p.entry, f"{contract.VAE_DECODER.key} pass {i + 1}/{len(plan.passes)}",
-                                 contract.STREAMED_DECODER_PASS)
+                                 contract.STREAMED_DECODER_PASS, p.inputs, p.outputs)
             for name, m in self._pass(sess, p, stored, affine, {n for n in p.outputs if n in norms}, height,
                                       rows).items():
                 affine[norms[name].scale], affine[norms[name].shift] = m.affine(norms[name])

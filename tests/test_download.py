@@ -511,3 +511,8 @@ def test_run_with_a_models_repo_from_the_cache(tiny_models_dir, golden, tmp_path
         assert proc.returncode == 0, proc.stderr
         outs[name] = out.read_bytes()
     assert outs["hub"] == outs["local"] and outs["hub-low"] == outs["local-low"]
+    from moebius_edge.models import open_models
+    from moebius_edge.streamed_decoder import find_plan
+
+    snapshot = cache / ("models--" + MODELS_REPO.replace("/", "--")) / "snapshots" / MODELS_COMMIT
+    assert find_plan(open_models(snapshot)) is not None  # the low-memory runs streamed their decode

@@ -58,7 +58,8 @@ def register(sub):
                    help="execution provider (falls back to CPU)")
     r.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's choice)")
     r.add_argument("--low-memory", action="store_true",
-                   help="the smallest peak: no ORT memory arena for the VAE, large blocks mapped on their own (slower)")
+                   help="the smallest peak: no ORT memory arena for the VAE, large blocks mapped on their own, the "
+                        "decoder's last stage in strips (slower)")
     r.add_argument("--max-pixels", type=float, default=contract.DEFAULT_MAX_PIXELS,
                    help="refuse larger images (protects against decompression bombs)")
     o.add_argument("-f", "--force", action="store_true",
