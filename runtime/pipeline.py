@@ -154,15 +154,16 @@ class Inpainter:
         models = open_models(models_dir, precision)
         if verify:
             models.verify()
-            if low_memory and (plan := find_plan(models)) is not None:
-                verify_plan(models, plan)
         if isinstance(providers, list):
             providers = tuple(providers)  # SessionConfig is frozen and hashable
         config = SessionConfig(provider=providers, threads=threads, low_memory=low_memory)
         if models.gate_advisory:
             log.warning("the %s variant of %s was made from random-init weights: its quality gate was advisory, "
                         "not enforced (see %s)", precision, models.root, models.folder / contract.QUANTIZE_REPORT_MD)
-        return cls(models, config, keep_sessions=keep_sessions)
+        inpainter = cls(models, config, keep_sessions=keep_sessions)
+        if verify and inpainter.streamed is not None:
+            verify_plan(models, inpainter.streamed)
+        return inpainter
 
     @property
     def image_size(self) -> int:
