@@ -68,8 +68,9 @@ BENCH_BATCH ?=
 # The CPU benchmarks on an existing full-size random-init folder with its variants (bench-models
 # makes one), timed against issue 12's 15 minutes (benchmarks/bench.py): each network alone,
 # PyTorch eager against ONNX Runtime side by side; the whole inpainting per configuration; int8 on
-# 1 and 24 MP photos and a larger hole; then the README's tables and figure, and last the targets'
-# table (met or missed, and the benchmark that profiles a miss) and the run's time. Meant for a
+# 1 and 24 MP photos and a larger hole; where a UNet step's time goes (FP32 and INT8 profiles); then
+# the README's tables and figure, and last the targets' table (met or missed, the benchmark that
+# profiles a miss and what a missed ratio asks of the UNet step) and the run's time. Meant for a
 # quiet machine: every JSON records its load.
 bench:
 	$(PY) benchmarks/bench.py --models $(BENCH_MODELS) $(if $(BENCH_CONFIGS),--configs $(BENCH_CONFIGS)) \

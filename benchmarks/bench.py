@@ -11,8 +11,11 @@ The steps (what each measures is in its own docstring):
    per ONNX Runtime configuration, about two inpaintings' time each);
 3. ``photo_size.py --precision int8``: 1 and 24 MP photos with the same hole, and a 1024 px hole in
    a 12 MP photo: the cost follows the crop;
-4. ``report.py``: the README's tables and figure, the targets' table last (only when the results
-   go to benchmarks/results, the folder the README is generated from).
+4. ``int8_profile.py --reps 2``: where a UNet step's time goes, FP32 and the folder's INT8, by
+   operator type and convolution kind with each kind's rate: the profile of a missed speed target;
+5. ``report.py``: the README's tables and figure, the targets' table last with what each missed
+   speed target asks of the UNet step (only when the results go to benchmarks/results, the folder
+   the README is generated from).
 
 Issue 12 gives the CPU set 15 minutes (``BUDGET_S``) on the machine of the issues, which is why
 ``photo_size`` runs the extremes of its series and the folder runs are opt-in. ``bench.json``
@@ -50,7 +53,8 @@ def steps(args) -> list:
             for name, more in (
                 ("graph_step", ["--rounds", "3"]),
                 ("pipeline", ["--configs", args.configs, "--rounds", str(args.rounds), "--batch", str(args.batch)]),
-                ("photo_size", ["--precision", "int8", "--megapixels", "1", "24", "--holes", "1024"]))]
+                ("photo_size", ["--precision", "int8", "--megapixels", "1", "24", "--holes", "1024"]),
+                ("int8_profile", ["--reps", "2"]))]
 
 
 def main(argv=None) -> int:

@@ -1,16 +1,19 @@
 """Where a UNet step's CPU time goes, FP32 against INT8 graphs: onnxruntime's own profiler.
 
-    .venv/bin/python benchmarks/int8_profile.py --models DIR [--graph NAME=PATH ...] [--reps 3] [--json FILE]
+    .venv/bin/python benchmarks/int8_profile.py --models DIR [--graph NAME=PATH ...] [--candidates]
+        [--reps 3] [--json FILE]
 
-Profiles the FP32 UNet of the models folder DIR and each ``--graph`` (default: DIR/int8's UNet
-and the candidates ``benchmarks/quantize_int8.py`` kept in DIR/.bench-int8-candidates) with
-``SessionOptions.enable_profiling``, on the same seeded inputs, ``reps`` calls after a warm-up
-call; sums the kernel time per operator type (the ``op_name`` of onnxruntime's node events, after
-its graph optimisations: QDQ groups appear as the fused integer kernels it made of them, e.g.
-QLinearConv, and what it could not fuse as QuantizeLinear / DequantizeLinear), and the
-convolutions' time by kind (1x1, 3x3, 15x15, depthwise: which kernels INT8 speeds up). The shares say
-where the time goes; the totals of a profiled run are not the benchmark's step times (profiling
-adds overhead). Writes benchmarks/results/int8_profile.json and prints a table per graph.
+Profiles the FP32 UNet of the models folder DIR and each ``--graph`` (default: DIR/int8's UNet;
+``--candidates``: and the candidates ``benchmarks/quantize_int8.py`` kept in DIR/.bench-int8-candidates) with ``SessionOptions.enable_profiling``, on the same seeded inputs, ``reps`` calls
+after a warm-up call; sums the kernel time per operator type (the ``op_name`` of onnxruntime's node
+events, after its graph optimisations: QDQ groups appear as the fused integer kernels it made of
+them, e.g. QLinearConv, and what it could not fuse as QuantizeLinear / DequantizeLinear), and the
+convolutions' time by kind (1x1, 3x3, 15x15, depthwise: which kernels INT8 speeds up), with the
+arithmetic each kind does (2 operations per multiply-add, from onnx's shape inference at the feed's
+shapes) and so its rate in the graph. `make bench` runs this step: it is the profile of the speed
+targets this machine misses (benchmarks/report.py's targets table). The shares say where the time
+goes; the totals of a profiled run are not the benchmark's step times (profiling adds overhead).
+Writes benchmarks/results/int8_profile.json and prints a table per graph.
 """
 import argparse
 import json
@@ -28,15 +31,25 @@ from benchmarks.inputs import unet_feed  # noqa: E402
 from moebius_edge import contract, models  # noqa: E402
 
 
-def conv_kinds(path: Path) -> dict:
-    """{Conv node name: kind} of a (QDQ) graph: ``depthwise``, ``1x1``, ``KxK`` (group 1), or
-    ``KxK grouped``; the weight's shape is read through a DequantizeLinear."""
+def conv_table(path: Path, feed: dict) -> dict:
+    """{Conv node name: (kind, operations of one call)} of a (QDQ) graph at the feed's shapes, and
+    {fused node name: Conv node name} (``_source``). Kind: ``depthwise``, ``1x1``, ``KxK`` (group
+    1), or ``KxK grouped``; the weight's shape is read through a DequantizeLinear; operations: 2
+    per multiply-add of the output."""
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)
+    for i in m.graph.input:
+        if i.name in feed:
+            dims = i.type.tensor_type.shape.dim
+            for d, n in zip(dims, feed[i.name].shape):
+                d.ClearField("dim_param")
+                d.dim_value = n
+    m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    out_dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in m.graph.value_info}
     dims = {t.name: list(t.dims) for t in m.graph.initializer}
     producer = {o: n for n in m.graph.node for o in n.output}
-    kinds = {}
+    table = {}
     for n in m.graph.node:
         if n.op_type != "Conv":
             continue
@@ -44,8 +57,25 @@ def conv_kinds(path: Path) -> dict:
         w = dims.get(n.input[1]) or dims.get(producer[n.input[1]].input[0] if n.input[1] in producer else "", [0])
         k = "x".join(map(str, a.get("kernel_shape", [])))
         group = a.get("group", 1)
-        kinds[n.name] = ("depthwise" if group > 1 and group == w[0] else f"{k}" + (" grouped" if group > 1 else ""))
-    return kinds
+        kind = "depthwise" if group > 1 and group == w[0] else f"{k}" + (" grouped" if group > 1 else "")
+        out = out_dims.get(n.output[0], [])
+        ops = 2 * int(np.prod(out)) * int(np.prod(w[1:])) if out and all(out) and len(w) > 1 else 0
+        table[n.name] = (kind, ops)
+    for n in m.graph.node:  # a Conv fused with its activation: the activation's output names it
+        source = producer.get(n.input[0]) if n.input else None
+        if n.op_type in ("Relu", "Clip", "Sigmoid", "LeakyRelu") and source is not None and source.op_type == "Conv":
+            table[n.output[0] + "_nchwc"] = source.name
+    return table
+
+
+def _source(node: str, table: dict) -> str | None:
+    """The graph's Conv node an optimised node came from: the longest name it starts with
+    (onnxruntime keeps the name and appends to it, e.g. ``_token_75``), or, for a convolution it
+    fused with its activation into the NCHWc layout, the node ``table`` records for the
+    activation's output (onnxruntime names that node after it, with ``_nchwc``)."""
+    if node in table:
+        return table[node] if isinstance(table[node], str) else node
+    return max((n for n, v in table.items() if not isinstance(v, str) and node.startswith(n)), key=len, default=None)
 
 
 def profile(path: Path, feed: dict, reps: int, threads: int, work: Path) -> dict:
@@ -63,7 +93,7 @@ def profile(path: Path, feed: dict, reps: int, threads: int, work: Path) -> dict
         sess.run(None, feed)
     events = json.loads(Path(sess.end_profiling()).read_text())
     by_op, calls, by_kind = {}, {}, {}
-    kinds = conv_kinds(path)
+    table = conv_table(path, feed)
     run_us = [e["dur"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     for e in events:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
@@ -72,22 +102,30 @@ def profile(path: Path, feed: dict, reps: int, threads: int, work: Path) -> dict
         by_op[op] = by_op.get(op, 0) + e["dur"]
         calls[op] = calls.get(op, 0) + 1
         if "Conv" in op:  # Conv, FusedConv, QLinearConv: by the kind of the source Conv node it came from
-            node = e["name"][:-len("_kernel_time")]
-            kind = next((k for name, k in kinds.items() if node.startswith(name)), "other")
+            source = _source(e["name"][:-len("_kernel_time")], table)
+            kind = table[source][0] if source else "other"
             by_kind[kind] = by_kind.get(kind, 0) + e["dur"]
+    ops = {}
+    for kind, n in (v for v in table.values() if not isinstance(v, str)):
+        ops[kind] = ops.get(kind, 0) + n
     runs = reps + 1
     total = sum(by_op.values())
     rows = sorted(({"op": op, "ms_per_step": us / runs / 1000, "share": us / total, "nodes": calls[op] // runs}
                    for op, us in by_op.items()), key=lambda r: -r["ms_per_step"])
+    conv_ms = {k: v / runs / 1000 for k, v in sorted(by_kind.items(), key=lambda x: -x[1])}
     return {"onnx": str(path), "reps": reps, "kernel_ms_per_step": total / runs / 1000,
             "run_ms_median": float(np.median(run_us[1:] or run_us)) / 1000, "by_op": rows,
-            "conv_ms_per_step_by_kind": {k: v / runs / 1000 for k, v in sorted(by_kind.items(), key=lambda x: -x[1])}}
+            "conv_ms_per_step_by_kind": conv_ms,
+            "conv_gop_by_kind": {k: ops.get(k, 0) / 1e9 for k in conv_ms},
+            "conv_gop_per_s_by_kind": {k: ops[k] / 1e6 / ms for k, ms in conv_ms.items() if ops.get(k) and ms}}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", required=True, help="FP32 models folder (full size)")
     ap.add_argument("--graph", action="append", default=[], metavar="NAME=PATH", help="a UNet to profile")
+    ap.add_argument("--candidates", action="store_true",
+                    help="and the candidates benchmarks/quantize_int8.py kept in DIR/.bench-int8-candidates")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", default=str(ROOT / "benchmarks/results/int8_profile.json"))
@@ -101,6 +139,7 @@ def main():
         shipped = folder / contract.precision_subdir("int8") / contract.UNET.file
         if shipped.is_file():
             graphs["int8 (shipped)"] = shipped
+    if args.candidates:
         for p in sorted((folder / ".bench-int8-candidates").glob("*.onnx")):
             graphs[f"candidate {p.stem}"] = p
     feed = unet_feed(fp32.latent_size)
@@ -113,8 +152,9 @@ def main():
             print("| operator | nodes | ms per step | share |\n|---|---|---|---|")
             for row in r["by_op"][:12]:
                 print(f"| {row['op']} | {row['nodes']} | {row['ms_per_step']:.1f} | {100 * row['share']:.1f} % |")
-            print("convolutions by kind, ms per step: " + ", ".join(
-                f"{k} {v:.0f}" for k, v in r["conv_ms_per_step_by_kind"].items()))
+            print("convolutions by kind, ms per step (GOP/s): " + ", ".join(
+                f"{k} {v:.0f} ({r['conv_gop_per_s_by_kind'].get(k, 0):.0f})"
+                for k, v in r["conv_ms_per_step_by_kind"].items()))
             Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 
 

@@ -189,6 +189,33 @@ def test_graph_step_benchmark_smoke(random_tiny, tmp_path):
         assert g["gflop"] is None  # 128 px: the full-size FLOP count does not apply
 
 
+def test_int8_profile_attributes_every_convolution_and_its_arithmetic(random_tiny, tmp_path):
+    """benchmarks/int8_profile.py (a `make bench` step): every convolution kernel of the optimised
+    graph is traced to its Conv node, including the ones ONNX Runtime fuses with their ReLU into the
+    NCHWc layout and names after the ReLU's output, so each kind gets its time and its rate."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.inputs import unet_feed
+    from benchmarks.int8_profile import conv_table
+    from moebius_edge import contract, models
+
+    out = tmp_path / "profile.json"
+    unet = models.open_models(random_tiny, "fp32").graph_path(contract.UNET)
+    proc = _bench("int8_profile.py", "--models", random_tiny, "--reps", 1, "--graph", f"again={unet}", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())
+    assert list(r["profiles"]) == ["fp32", "again"] and r["machine"]["processor"]
+    table = conv_table(unet, unet_feed(models.open_models(random_tiny, "fp32").latent_size))
+    convs = {k: v for k, v in table.items() if not isinstance(v, str)}
+    assert any(isinstance(v, str) for v in table.values())  # fused Conv + ReLU nodes are named after the ReLU
+    for p in r["profiles"].values():
+        kinds = p["conv_ms_per_step_by_kind"]
+        assert "other" not in kinds and {"1x1", "3x3", "15x15", "depthwise"} <= set(kinds)
+        assert p["conv_gop_by_kind"]["15x15"] == pytest.approx(
+            sum(ops for kind, ops in convs.values() if kind == "15x15") / 1e9)
+        assert all(rate > 0 for rate in p["conv_gop_per_s_by_kind"].values())
+        assert sum(kinds.values()) < p["kernel_ms_per_step"]
+
+
 def test_gpu_benchmark_step_is_the_official_forward_and_runs_on_cpu(random_tiny, tmp_path):
     """benchmarks/gpu.py's on-device guided step computes what the parity reference does; its
     smoke run (--device cpu, eager fp32 only) writes its JSON and says ORT CUDA was not run."""
@@ -320,16 +347,18 @@ def test_bench_runs_the_steps_in_turn_and_records_their_time(random_tiny, tmp_pa
     full = bench.steps
     short = {"graph_step": [], "pipeline": ["--steps", "2"],
              "photo_size": ["--precision", "fp32", "--steps", "2", "--megapixels", "0.1", "--hole-px", "64",
-                            "--holes", "128", "--hole-photo-mp", "0.1"]}
+                            "--holes", "128", "--hole-photo-mp", "0.1"],
+             "int8_profile": ["--reps", "1"]}
     monkeypatch.setattr(bench, "steps", lambda args: [(name, a + short[name]) for name, a in full(args)])
     monkeypatch.chdir(tmp_path)
     shutil.copytree(random_tiny, "models")
     argv = ["--models", "models", "--configs", "torch,fp32@models", "--results", "results"]  # relative to the caller
     assert bench.main(argv) == 0
     results = tmp_path / "results"
-    assert {p.name for p in results.iterdir()} == {"graph_step.json", "pipeline.json", "photo_size.json", "bench.json"}
+    assert {p.name for p in results.iterdir()} == {"graph_step.json", "pipeline.json", "photo_size.json",
+                                                   "int8_profile.json", "bench.json"}
     r = json.loads((results / "bench.json").read_text())
-    assert [x["step"] for x in r["steps"]] == ["graph_step", "pipeline", "photo_size"]
+    assert [x["step"] for x in r["steps"]] == ["graph_step", "pipeline", "photo_size", "int8_profile"]
     assert all(x["wall_s"] > 0 for x in r["steps"]) and r["wall_s"] >= sum(x["wall_s"] for x in r["steps"])
     assert r["budget_s"] == 900 and r["machine"]["processor"]
     assert "no report" in capsys.readouterr().out  # the README is generated from benchmarks/results only

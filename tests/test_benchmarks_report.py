@@ -41,7 +41,8 @@ def test_targets_table_gives_each_run_its_verdict():
 
     def run(config, speedup, peak, unet_load=1.0, vae="fp32"):
         return {"config": config, "speedup_vs_first": speedup, "peak_rss_mb": peak, "seconds": {"unet_load": unet_load},
-                "vae": {"vae_encoder": vae, "vae_decoder": vae}}
+                "vae": {"vae_encoder": vae, "vae_decoder": vae}, "compute_s": 100 / speedup, "unet_step_s": 1.0,
+                "model_steps": 19}
 
     r = {"runs": [run("torch", 1.0, 2700), run("fp32", 2.01, 2001), run("int8", 2.49, 1200, unet_load=3.5),
                   run("int8@out/x", 3.0, 1100, vae="int8"), run("fp32-keep", 1.9, 3000)]}
@@ -58,11 +59,53 @@ def test_targets_table_gives_each_run_its_verdict():
     assert "| peak RSS, fp32 | ≤ 2,000 MB | fp32 | 2,001 MB | missed; profile: `benchmarks/graph_memory.py` |" in text
     assert "| int8-low-memory | not in this run | not measured |" in text
     # a header and 11 rows: fp32-keep is no fp32 run
-    assert len([line for line in text.splitlines() if line.startswith("| ") and "---" not in line]) == 1 + 11
+    table = text.split("\n\nWhat a missed")[0]
+    assert len([line for line in table.splitlines() if line.startswith("| ") and "---" not in line]) == 1 + 11
     # ratios against another first configuration are no verdict on the PyTorch targets
     rows = target_rows({"runs": r["runs"][1:]})
     assert {met for what, measure, *_, met, _ in rows if measure == "vs torch"} == {None}
     assert {met for what, measure, *_, met, _ in rows if measure != "vs torch" and "low-memory" not in what} == {True, False}
+
+
+def test_a_missed_speed_target_says_what_it_asks_of_the_unet_step():
+    """Under the targets, each missed speed target gets the seconds its bound allows and the UNet step
+    it would take with the rest of the run as measured; met targets and memory misses get no row."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.report import targets
+
+    def run(config, speedup, compute_s, step_s):
+        return {"config": config, "speedup_vs_first": speedup, "peak_rss_mb": 900, "seconds": {"unet_load": 1.0},
+                "compute_s": compute_s, "unet_step_s": step_s, "model_steps": 10}
+
+    r = {"runs": [run("torch", 1.0, 120.0, 10.0), run("fp32", 1.5, 80.0, 6.0), run("int8", 2.6, 46.0, 3.0)]}
+    text = targets(r)
+    gaps = text.split("What a missed speed target asks")[1]
+    # fp32: 120 / 2 = 60 s allowed; 80 s = 60 s of steps + 20 s rest; (60 - 20) / 10 = 4.0 s per step
+    assert "| whole inpainting, fp32 | fp32 | 60.0 / 80.0 | 60.0 | 20.0 | 6.00 / 4.00 (33 % less) |" in gaps
+    # int8 stretch: 120 / 3 = 40 s; rest 16 s; (40 - 16) / 10 = 2.4 s
+    assert "| whole inpainting, int8 (stretch) | int8 | 40.0 / 46.0 | 30.0 | 16.0 | 3.00 / 2.40 (20 % less) |" in gaps
+    assert "whole inpainting, int8 | int8 | " not in gaps  # 2.6 ≥ 2.5: met
+    assert "What a missed" not in targets({"runs": [run("torch", 1.0, 120.0, 10.0), run("fp32", 2.1, 57.0, 4.0)]})
+
+
+def test_step_profile_rows_add_up_to_the_kernels():
+    """The step profile's rows: each convolution kind with its rate, the layout and INT8-edge
+    operators summed, and everything else as the remainder, so the rows add up to all kernels."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.report import int8_profile
+
+    machine = {"processor": "cpu", "cores": 2, "load_average": [1.0], "onnxruntime": "1", "avx2": True,
+               "avx512f": False, "avx512_vnni": False}
+    ops = [{"op": "Conv", "ms_per_step": 60.0}, {"op": "Transpose", "ms_per_step": 10.0},
+           {"op": "ReorderOutput", "ms_per_step": 5.0}, {"op": "DequantizeLinear", "ms_per_step": 4.0},
+           {"op": "Add", "ms_per_step": 21.0}]
+    p = {"kernel_ms_per_step": 100.0, "by_op": ops, "conv_ms_per_step_by_kind": {"1x1": 40.0, "3x3": 20.0},
+         "conv_gop_per_s_by_kind": {"1x1": 250.0, "3x3": 1500.0}}
+    text = int8_profile({"machine": machine, "profiles": {"fp32": p, "int8": p}})
+    assert "| 1x1 convolutions | 40 (250) | 40 (250) |" in text and "| 3x3 convolutions | 20 (1,500) |" in text
+    assert "| layout: Transpose, ReorderInput, ReorderOutput | 15 | 15 |" in text
+    assert "| INT8 edges: QuantizeLinear, DequantizeLinear | 4 | 4 |" in text
+    assert "| everything else (norms, MatMuls, Gemms, element-wise) | 21 | 21 |" in text
 
 
 def test_pipeline_rounds_give_median_rows_per_round_ratios_and_the_highest_peak():
