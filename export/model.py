@@ -166,12 +166,19 @@ class LocalLambda(nn.Module):
         self.norm_q = nn.BatchNorm1d(h * k)
         self.norm_v = nn.BatchNorm1d(v)
         self.pos_conv = PosConv(k, cfg.LOCAL_WINDOW)
+        # False: to_q's rows in the official order, channel h·K + κ. True: ordered κ·h + head, so
+        # that the queries come out as (B, N, K, h) with no transpose (export only:
+        # transforms.order_local_queries).
+        self.queries_by_key = False
 
     def forward(self, x, hw):  # x (B, N, C)
         hh, ww = hw
         b, n, _ = x.shape
-        q = _tokens_bn(self.norm_q, _linear(x, self.to_q))  # (B, N, h·K), channel h·K + κ
-        q = q.reshape(b, n, self.heads, self.k).transpose(2, 3)  # (B, N, K, h)
+        q = _tokens_bn(self.norm_q, _linear(x, self.to_q))  # (B, N, h·K)
+        if self.queries_by_key:
+            q = q.reshape(b, n, self.k, self.heads)  # (B, N, K, h)
+        else:
+            q = q.reshape(b, n, self.heads, self.k).transpose(2, 3)  # (B, N, K, h)
         kbar = torch.softmax(_linear(x, self.to_k), dim=1)  # (B, N, K): softmax over all positions
         vm = _tokens_bn(self.norm_v, _linear(x, self.to_v))  # (B, N, V)
         lam_c = kbar.transpose(1, 2) @ vm  # (B, K, V): content lambda, size independent of N

@@ -32,7 +32,7 @@ from moebius_edge import __version__, contract, models, onnx_files
 from moebius_edge.errors import UserError
 from moebius_edge.export.config import MoebiusConfig
 from moebius_edge.export.model import RemovalModel
-from moebius_edge.export.transforms import fold_batchnorm
+from moebius_edge.export.transforms import fold_batchnorm, order_local_queries
 from moebius_edge.export.streamed_decoder import add_streamed_decoder
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class GuidedUNet(nn.Module):
 
     def __init__(self, model: RemovalModel):
         super().__init__()
-        model = fold_batchnorm(copy.deepcopy(model)).eval()
+        model = order_local_queries(fold_batchnorm(copy.deepcopy(model))).eval()
         self.unet = model.diff_model
         ids = torch.tensor([contract.UNCOND_IDS, contract.COND_IDS], dtype=torch.int64)
         with torch.no_grad():

@@ -2,6 +2,8 @@
 
 * ``fold_batchnorm``: every eval BatchNorm folded into the linear map before it (export only:
   the folded model computes the same function but loses the official state-dict layout);
+* ``order_local_queries``: the local λ's query rows reordered by key, so that the graph needs no
+  (h, K) transpose before the λ product (export only, after ``fold_batchnorm``);
 * ``perturb_for_testing_``: non-trivial BatchNorm statistics and norm affines for random-init
   models, so that parity checks exercise the folding (``export --random-init``, benchmarks).
 """
@@ -9,6 +11,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from moebius_edge.export.model import LocalLambda
 
 
 def perturb_for_testing_(model: nn.Module, seed: int) -> nn.Module:
@@ -47,4 +51,28 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
                 lin.weight = nn.Parameter(w)
                 lin.bias = nn.Parameter((b0 - bn.running_mean) * scale + bn.bias)
                 setattr(mod, bn_name, nn.Identity())
+    return model
+
+
+def order_local_queries(model: nn.Module) -> nn.Module:
+    """Reorder every local λ's ``to_q`` rows from the official h·K + κ to κ·h + head, in place
+    (export only, after ``fold_batchnorm``: its ``norm_q`` must be folded in already).
+
+    The queries are then (B, N, K, h) as they come out of the projection, and the λ product
+    ``Λ·q`` takes them without the (h, K) transpose: the same values (a permutation of the rows),
+    one memory-bound Transpose less per stage. ONNX Runtime fuses that transpose into an FP32
+    MatMul anyway, but not into the INT8 one (benchmarks/int8_profile.py: the INT8 step's
+    Transposes)."""
+    with torch.no_grad():
+        for mod in model.modules():
+            if not isinstance(mod, LocalLambda) or mod.queries_by_key:
+                continue
+            if not isinstance(mod.norm_q, nn.Identity):
+                raise ValueError("order_local_queries needs the BatchNorms folded first (fold_batchnorm)")
+            h, k = mod.heads, mod.k
+            rows = torch.arange(h * k).reshape(h, k).t().reshape(-1)  # new row κ·h + head = old head·K + κ
+            mod.to_q.weight = nn.Parameter(mod.to_q.weight[rows])
+            if mod.to_q.bias is not None:
+                mod.to_q.bias = nn.Parameter(mod.to_q.bias[rows])
+            mod.queries_by_key = True
     return model

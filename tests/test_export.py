@@ -108,6 +108,19 @@ def test_graph_io_and_ops_follow_the_contract(tiny_models_dir):
                 assert len(inits[n.input[1]].dims) == 4, "5-D Conv in the graph"
 
 
+def test_local_queries_reach_the_lambda_product_without_a_transpose(tiny_models_dir):
+    """The local λ's queries come out of their projection as (B, N, K, h)
+    (``transforms.order_local_queries``): the one (K, h) swap left per stage is the λ product's
+    output, so ONNX Runtime's INT8 MatMul gets its queries with no memory-bound Transpose first."""
+    m = onnx.load(str(tiny_models_dir / contract.UNET.file), load_external_data=False)
+    producer = {o: n for n in m.graph.node for o in n.output}
+    swaps = [n for n in m.graph.node if n.op_type == "Transpose"
+             and list(onnx.helper.get_attribute_value(n.attribute[0])) == [0, 1, 3, 2]]
+    stages = sum(1 for n in m.graph.node if n.op_type == "Conv" and "pos_conv" in n.name)
+    assert stages and len(swaps) == stages  # one per stage, not two
+    assert all(producer[n.input[0]].op_type == "MatMul" for n in swaps)
+
+
 def test_unet_constants_do_not_blow_up_the_file():
     """The cross-λ position term must be re-associated (A = Q·R), never folded into Λp = R·Vm."""
     model = load_golden_model(1)

@@ -120,6 +120,32 @@ def test_batchnorm_folding_preserves_the_function():
     assert err <= golden_tolerance("noise_pred")
 
 
+def test_local_queries_ordered_by_key_preserve_the_function():
+    """``order_local_queries`` reorders the local λ's query rows (export only): the same function,
+    on folded BatchNorms only."""
+    import copy
+
+    from moebius_edge.export.model import LocalLambda
+    from moebius_edge.export.transforms import order_local_queries
+
+    model = load_golden_model(1)
+    g = np.load(DATA / "tiny_case_1.npz")
+    args = [torch.from_numpy(g[k]) for k in ("noisy_latents", "timesteps", "input_ids")]
+    with pytest.raises(ValueError, match="fold_batchnorm"):
+        order_local_queries(copy.deepcopy(model))
+    folded = fold_batchnorm(copy.deepcopy(model))
+    ordered = order_local_queries(copy.deepcopy(folded))
+    lambdas = [m for m in ordered.modules() if isinstance(m, LocalLambda)]
+    assert lambdas and all(m.queries_by_key for m in lambdas)
+    assert not any(m.queries_by_key for m in model.modules() if isinstance(m, LocalLambda))
+    with torch.no_grad():
+        a, b = folded(*args), ordered(*args)
+        lambdas[0].queries_by_key = False  # reordered rows read the official way: a different function
+        c = ordered(*args)
+    assert (a - b).abs().max().item() <= 1e-6
+    assert (a - c).abs().max().item() > 1e-3
+
+
 def test_model_built_for_one_latent_size_refuses_another():
     model = load_golden_model(1)
     x = torch.zeros(2, 9, 8, 8)
