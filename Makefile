@@ -69,8 +69,9 @@ BENCH_BATCH ?=
 # makes one), timed against issue 12's 15 minutes (benchmarks/bench.py): each network alone,
 # PyTorch eager against ONNX Runtime side by side; the whole inpainting per configuration; int8 on
 # 1 and 24 MP photos and a larger hole; where a UNet step's time goes (FP32 and INT8 profiles); then
-# the README's tables and figure, and last the targets' table (met or missed, the benchmark that
-# profiles a miss and what a missed ratio asks of the UNet step) and the run's time. Meant for a
+# the README's tables and figure, the targets' table (met or missed, the benchmark that profiles a
+# miss and what a missed ratio asks of the UNet step), for a miss the step's profile, and last the
+# run's time. Meant for a
 # quiet machine: every JSON records its load.
 bench:
 	$(PY) benchmarks/bench.py --models $(BENCH_MODELS) $(if $(BENCH_CONFIGS),--configs $(BENCH_CONFIGS)) \

@@ -13,9 +13,9 @@ The steps (what each measures is in its own docstring):
    a 12 MP photo: the cost follows the crop;
 4. ``int8_profile.py --reps 2``: where a UNet step's time goes, FP32 and the folder's INT8, by
    operator type and convolution kind with each kind's rate: the profile of a missed speed target;
-5. ``report.py``: the README's tables and figure, the targets' table last with what each missed
-   speed target asks of the UNet step (only when the results go to benchmarks/results, the folder
-   the README is generated from).
+5. ``report.py``: the README's tables and figure, then the targets' table with what each missed
+   speed target asks of the UNet step and, for a miss, the step's profile (only when the results go
+   to benchmarks/results, the folder the README is generated from).
 
 Issue 12 gives the CPU set 15 minutes (``BUDGET_S``) on the machine of the issues, which is why
 ``photo_size`` runs the extremes of its series and the folder runs are opt-in. ``bench.json``

@@ -4,16 +4,17 @@
         [--reps 3] [--json FILE]
 
 Profiles the FP32 UNet of the models folder DIR and each ``--graph`` (default: DIR/int8's UNet;
-``--candidates``: and the candidates ``benchmarks/quantize_int8.py`` kept in DIR/.bench-int8-candidates) with ``SessionOptions.enable_profiling``, on the same seeded inputs, ``reps`` calls
-after a warm-up call; sums the kernel time per operator type (the ``op_name`` of onnxruntime's node
-events, after its graph optimisations: QDQ groups appear as the fused integer kernels it made of
-them, e.g. QLinearConv, and what it could not fuse as QuantizeLinear / DequantizeLinear), and the
-convolutions' time by kind (1x1, 3x3, 15x15, depthwise: which kernels INT8 speeds up), with the
-arithmetic each kind does (2 operations per multiply-add, from onnx's shape inference at the feed's
-shapes) and so its rate in the graph. `make bench` runs this step: it is the profile of the speed
-targets this machine misses (benchmarks/report.py's targets table). The shares say where the time
-goes; the totals of a profiled run are not the benchmark's step times (profiling adds overhead).
-Writes benchmarks/results/int8_profile.json and prints a table per graph.
+``--candidates``: and the candidates ``benchmarks/quantize_int8.py`` kept in
+DIR/.bench-int8-candidates) with ``SessionOptions.enable_profiling``, on the same seeded inputs,
+``reps`` calls after a warm-up call; sums the kernel time per operator type (the ``op_name`` of
+onnxruntime's node events, after its graph optimisations: QDQ groups appear as the fused integer
+kernels it made of them, e.g. QLinearConv, and what it could not fuse as QuantizeLinear /
+DequantizeLinear), and the convolutions' time by kind (1x1, 3x3, 15x15, depthwise: which kernels
+INT8 speeds up), with the arithmetic each kind does (2 operations per multiply-add, from onnx's
+shape inference at the feed's shapes) and so its rate in the graph. `make bench` runs this step: it
+is the profile of the speed targets this machine misses (benchmarks/report.py's targets table). The
+shares say where the time goes; the totals of a profiled run are not the benchmark's step times
+(profiling adds overhead). Writes benchmarks/results/int8_profile.json and prints a table per graph.
 """
 import argparse
 import json
@@ -46,7 +47,8 @@ def conv_table(path: Path, feed: dict) -> dict:
                 d.ClearField("dim_param")
                 d.dim_value = n
     m = onnx.shape_inference.infer_shapes(m, data_prop=True)
-    out_dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in m.graph.value_info}
+    out_dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+                for v in [*m.graph.value_info, *m.graph.output]}
     dims = {t.name: list(t.dims) for t in m.graph.initializer}
     producer = {o: n for n in m.graph.node for o in n.output}
     table = {}
@@ -55,24 +57,26 @@ def conv_table(path: Path, feed: dict) -> dict:
             continue
         a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
         w = dims.get(n.input[1]) or dims.get(producer[n.input[1]].input[0] if n.input[1] in producer else "", [0])
-        k = "x".join(map(str, a.get("kernel_shape", [])))
+        k = "x".join(map(str, a.get("kernel_shape", w[2:])))  # the attribute is optional
         group = a.get("group", 1)
-        kind = "depthwise" if group > 1 and group == w[0] else f"{k}" + (" grouped" if group > 1 else "")
+        kind = "depthwise" if group > 1 and len(w) > 1 and w[1] == 1 else f"{k}" + (" grouped" if group > 1 else "")
         out = out_dims.get(n.output[0], [])
         ops = 2 * int(np.prod(out)) * int(np.prod(w[1:])) if out and all(out) and len(w) > 1 else 0
         table[n.name] = (kind, ops)
-    for n in m.graph.node:  # a Conv fused with its activation: the activation's output names it
+    for n in m.graph.node:  # an NCHWc Conv is named after its output, or its fused activation's
         source = producer.get(n.input[0]) if n.input else None
-        if n.op_type in ("Relu", "Clip", "Sigmoid", "LeakyRelu") and source is not None and source.op_type == "Conv":
+        if n.op_type == "Conv":
+            table.setdefault(n.output[0] + "_nchwc", n.name)
+        elif n.op_type in ("Relu", "Clip", "Sigmoid", "LeakyRelu") and source is not None and source.op_type == "Conv":
             table[n.output[0] + "_nchwc"] = source.name
     return table
 
 
 def _source(node: str, table: dict) -> str | None:
-    """The graph's Conv node an optimised node came from: the longest name it starts with
-    (onnxruntime keeps the name and appends to it, e.g. ``_token_75``), or, for a convolution it
-    fused with its activation into the NCHWc layout, the node ``table`` records for the
-    activation's output (onnxruntime names that node after it, with ``_nchwc``)."""
+    """The graph's Conv node an optimised node came from: for a convolution onnxruntime moved into
+    the NCHWc layout, the node ``table`` records for the name it gave it (its output's, or its
+    fused activation's, with ``_nchwc``); otherwise the longest name it starts with (onnxruntime
+    keeps the name and appends to it, e.g. ``_token_75``)."""
     if node in table:
         return table[node] if isinstance(table[node], str) else node
     return max((n for n, v in table.items() if not isinstance(v, str) and node.startswith(n)), key=len, default=None)
@@ -87,16 +91,19 @@ def profile(path: Path, feed: dict, reps: int, threads: int, work: Path) -> dict
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
+    table = conv_table(path, feed)  # before the session: never both graphs in memory at once
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     sess.run(None, feed)  # warm-up
     for _ in range(reps):
         sess.run(None, feed)
     events = json.loads(Path(sess.end_profiling()).read_text())
+    del sess
     by_op, calls, by_kind = {}, {}, {}
-    table = conv_table(path, feed)
-    run_us = [e["dur"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    runs = sorted((e["ts"], e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    warm_end = runs[0][0] + runs[0][1]  # the profiler records from the session's creation: the warm-up is left out
+    run_us = [dur for _, dur in runs[1:]]
     for e in events:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < warm_end:
             continue
         op = e["args"].get("op_name", "?")
         by_op[op] = by_op.get(op, 0) + e["dur"]
@@ -108,13 +115,13 @@ def profile(path: Path, feed: dict, reps: int, threads: int, work: Path) -> dict
     ops = {}
     for kind, n in (v for v in table.values() if not isinstance(v, str)):
         ops[kind] = ops.get(kind, 0) + n
-    runs = reps + 1
+    runs = reps
     total = sum(by_op.values())
     rows = sorted(({"op": op, "ms_per_step": us / runs / 1000, "share": us / total, "nodes": calls[op] // runs}
                    for op, us in by_op.items()), key=lambda r: -r["ms_per_step"])
     conv_ms = {k: v / runs / 1000 for k, v in sorted(by_kind.items(), key=lambda x: -x[1])}
     return {"onnx": str(path), "reps": reps, "kernel_ms_per_step": total / runs / 1000,
-            "run_ms_median": float(np.median(run_us[1:] or run_us)) / 1000, "by_op": rows,
+            "run_ms_median": float(np.median(run_us)) / 1000, "by_op": rows,
             "conv_ms_per_step_by_kind": conv_ms,
             "conv_gop_by_kind": {k: ops.get(k, 0) / 1e9 for k in conv_ms},
             "conv_gop_per_s_by_kind": {k: ops[k] / 1e6 / ms for k, ms in conv_ms.items() if ops.get(k) and ms}}

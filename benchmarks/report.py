@@ -8,8 +8,9 @@ docs/mobile.md (``DOCUMENTS``) and is rebuilt by the renderer of that name below
 gives (a test runs it). Without ``--check`` it also draws docs/figures/pipeline.png from
 ``benchmarks/results/pipeline.json`` (matplotlib, the ``bench`` extra); ``--check`` leaves the
 figure alone (its bytes depend on matplotlib's version). Without ``--check`` it also prints the
-performance targets' table (``TARGETS``: met or missed, and where a miss is profiled), which
-``make bench`` ends with.
+performance targets' table (``TARGETS``: met or missed, where a miss is profiled, and what a missed
+speed target asks of the UNet step) and, when a speed target is missed, the step's profile
+(``int8_profile``): what ``make bench`` ends with, before its own time.
 """
 from __future__ import annotations
 
@@ -346,7 +347,7 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 def int8_profile(r: dict) -> str:
     g = r["profiles"]
     names = list(g)
-    kinds = [k for k in g["fp32"]["conv_ms_per_step_by_kind"] if k != "other"]
+    kinds = list(dict.fromkeys(k for n in names for k in g[n]["conv_ms_per_step_by_kind"]))  # "other": unattributed
     note = f"; {r['note']}" if r.get("note") else ""
 
     def ops_ms(n, ops):
@@ -357,12 +358,14 @@ def int8_profile(r: dict) -> str:
         return f"{ms:.0f}" + (f" ({rate:,.0f})" if rate else "")
 
     lines = ["Where a full-size CFG step's CPU time goes (`benchmarks/int8_profile.py`, onnxruntime's profiler, "
-             f"ms per step of its kernels; a convolution kind's rate in brackets: GFLOP/s in FP32, GOP/s in INT8, "
-             f"2 per multiply-add; {_machine_line(r['machine'])}{note}):", "",
+             f"ms per step of its kernels, the warm-up call left out; a convolution kind's rate in brackets: GFLOP/s in "
+             f"FP32, GOP/s in INT8 (an INT8 graph's kinds include the convolutions its recipe keeps FP32), 2 per "
+             f"multiply-add; {_machine_line(r['machine'])}{note}):", "",
              "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     lines.append("| all kernels | " + " | ".join(f"{g[n]['kernel_ms_per_step']:.0f}" for n in names) + " |")
     for k in kinds:
-        lines.append(f"| {k} convolutions | " + " | ".join(conv(n, k) for n in names) + " |")
+        label = "other (unattributed) convolutions" if k == "other" else f"{k} convolutions"
+        lines.append(f"| {label} | " + " | ".join(conv(n, k) for n in names) + " |")
     rest = {n: g[n]["kernel_ms_per_step"] - sum(g[n]["conv_ms_per_step_by_kind"].values()) for n in names}
     for label, ops in (("layout: " + ", ".join(LAYOUT_OPS), LAYOUT_OPS), ("INT8 edges: " + ", ".join(QDQ_OPS), QDQ_OPS)):
         lines.append(f"| {label} | " + " | ".join(f"{ops_ms(n, ops):.0f}" for n in names) + " |")
@@ -530,15 +533,18 @@ def _speed_gaps(r: dict) -> list:
         return []
     base = r["runs"][0]["compute_s"]
     lines = ["", f"What a missed speed target asks (from the median rounds: {_pipeline_label(r['runs'][0])} "
-             f"{base:.1f} s per inpainting; \"rest\" is the encodes, the decode and the NumPy between the steps):", "",
+             f"{base:.1f} s per inpainting; \"rest\" is all but the denoising loop: preparing the crop, the encodes, "
+             "the decode, pasting):", "",
              "| target | configuration | inpainting s: bound / measured | UNet steps s | rest s | "
              "s per UNet step: measured / needed with this rest |", "|---|---|---|---|---|---|"]
     for what, bound, label, run in missed:
         steps_s = run["model_steps"] * run["unet_step_s"]
         rest = run["compute_s"] - steps_s
         need = (base / bound - rest) / run["model_steps"]
+        needed = (f"{need:.2f} ({100 * (1 - need / run['unet_step_s']):.0f} % less)" if need > 0 else
+                  "none: the rest alone is over the bound")
         lines.append(f"| {what} | {label} | {base / bound:.1f} / {run['compute_s']:.1f} | {steps_s:.1f} | {rest:.1f} | "
-                     f"{run['unet_step_s']:.2f} / {need:.2f} ({100 * (1 - need / run['unet_step_s']):.0f} % less) |")
+                     f"{run['unet_step_s']:.2f} / {needed} |")
     return lines
 
 
@@ -559,10 +565,12 @@ RENDERERS = {"thin_strokes": thin_strokes, "quantize_fp16": quantize_fp16, "quan
              "bundle_parity": bundle_parity, "photo_size": photo_size,
              "export_full": export_full, "encode_batch": encode_batch, "vae_tiling": vae_tiling,
              "graph_memory": graph_memory, "targets": targets, "bench": bench,
-             "mapped_weights": lambda r: pipeline(r, figure=False), "graph_memory_unet_layout": graph_memory,
+             "mapped_weights": lambda r: pipeline(r, figure=False),
+             "local_queries": lambda r: pipeline(r, figure=False), "graph_memory_unet_layout": graph_memory,
              "graph_memory_decoder_layout": graph_memory, "repeated_calls": lambda r: pipeline(r, figure=False)}
 # Renderers whose JSON is another's (block name -> results file name).
 SOURCES = {"targets": "pipeline", "mapped_weights": "pipeline_mapped_weights",
+           "local_queries": "pipeline_local_queries",
            "repeated_calls": "pipeline_repeated_calls"}  # the rest: the block's own name
 # The files that hold measured tables.
 DOCUMENTS = (README, ROOT / "docs" / "mobile.md")

@@ -61,8 +61,8 @@ def order_local_queries(model: nn.Module) -> nn.Module:
     The queries are then (B, N, K, h) as they come out of the projection, and the λ product
     ``Λ·q`` takes them without the (h, K) transpose: the same values (a permutation of the rows),
     one memory-bound Transpose less per stage. ONNX Runtime fuses that transpose into an FP32
-    MatMul anyway, but not into the INT8 one (benchmarks/int8_profile.py: the INT8 step's
-    Transposes)."""
+    MatMul anyway, but not into the INT8 one (benchmarks/int8_profile.py: the INT8 step's layout
+    row)."""
     with torch.no_grad():
         for mod in model.modules():
             if not isinstance(mod, LocalLambda) or mod.queries_by_key:

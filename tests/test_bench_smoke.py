@@ -216,6 +216,37 @@ def test_int8_profile_attributes_every_convolution_and_its_arithmetic(random_tin
         assert sum(kinds.values()) < p["kernel_ms_per_step"]
 
 
+def test_conv_table_counts_each_kind_by_hand(tmp_path):
+    """int8_profile's operation counts on a hand-built graph: a grouped 3x3 conv, a depthwise 5x5 with
+    a channel multiplier, and a 1x1 conv with an INT8 weight (through a DequantizeLinear) whose
+    output is the graph's; 2 operations per multiply-add, and the NCHWc names of each Conv."""
+    sys.path.insert(0, str(ROOT))
+    from onnx import TensorProto, helper, numpy_helper
+
+    from benchmarks.int8_profile import _source, conv_table
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("wa", (6, 2, 3, 3)), ("wb", (12, 1, 5, 5)))]
+    inits += [numpy_helper.from_array(np.ones((3, 12, 1, 1), np.int8), "wq"),
+              numpy_helper.from_array(np.ones(3, np.float32), "ws"), numpy_helper.from_array(np.zeros(3, np.int8), "wz")]
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="grouped", group=2, pads=[1] * 4),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "wb"], ["b"], name="dw", group=6, pads=[2] * 4),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("Conv", ["b", "wd"], ["y"], name="point")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    path = tmp_path / "g.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    table = conv_table(path, {"x": np.zeros((2, 4, 8, 8), np.float32)})
+    assert table["grouped"] == ("3x3 grouped", 2 * (2 * 6 * 8 * 8) * (2 * 3 * 3))
+    assert table["dw"] == ("depthwise", 2 * (2 * 12 * 8 * 8) * 25)
+    assert table["point"] == ("1x1", 2 * (2 * 3 * 8 * 8) * 12)  # the graph's output: its shape is inferred too
+    assert _source("r_nchwc", table) == "grouped"  # Conv + ReLU fused, named after the ReLU's output
+    assert _source("b_nchwc", table) == "dw" and _source("point_token_7", table) == "point"
+
+
 def test_gpu_benchmark_step_is_the_official_forward_and_runs_on_cpu(random_tiny, tmp_path):
     """benchmarks/gpu.py's on-device guided step computes what the parity reference does; its
     smoke run (--device cpu, eager fp32 only) writes its JSON and says ORT CUDA was not run."""
