@@ -61,7 +61,7 @@ CANDIDATES = (
     ("edges-lambda-fp32", "λ MatMuls, conv_in, conv_out, time MLP FP32", (LM, "conv_in", "conv_out", "time_mlp"),
      "uint8"),
     # ONNX Runtime's x86 QLinearConv gains little on the 15×15 position conv (one input channel: an
-    # im2col GEMM of depth 225; benchmarks/int8_profile.py: 1.4x against 3.6x for the 1×1 convs).
+    # im2col GEMM of depth 225; benchmarks/int8_profile.py: 1.3x against 3.6x for the 1×1 convs).
     ("edges-pos-fp32", "conv_in, conv_out, time MLP, position conv FP32", ("conv_in", "conv_out", "time_mlp",
                                                                             "pos_conv"), "uint8"),
     ("lambda-fp32", "λ MatMuls, λ projections, position conv FP32", (LM, "lambda_proj", "pos_conv"), "uint8"),
