@@ -82,6 +82,16 @@ def _source(node: str, table: dict) -> str | None:
     return max((n for n, v in table.items() if not isinstance(v, str) and node.startswith(n)), key=len, default=None)
 
 
+def after_warm_up(events: list) -> tuple:
+    """(durations of the calls, kernel events of the calls) of a profile, the first call (the
+    warm-up) left out: the profiler records from the session's creation."""
+    runs = sorted((e["ts"], e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    warm_end = runs[0][0] + runs[0][1]
+    kernels = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
+               and e["ts"] >= warm_end]
+    return [dur for _, dur in runs[1:]], kernels
+
+
 def profile(path: Path, feed: dict, reps: int, threads: int, work: Path) -> dict:
     import onnxruntime as ort
 
@@ -99,12 +109,8 @@ def profile(path: Path, feed: dict, reps: int, threads: int, work: Path) -> dict
     events = json.loads(Path(sess.end_profiling()).read_text())
     del sess
     by_op, calls, by_kind = {}, {}, {}
-    runs = sorted((e["ts"], e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
-    warm_end = runs[0][0] + runs[0][1]  # the profiler records from the session's creation: the warm-up is left out
-    run_us = [dur for _, dur in runs[1:]]
-    for e in events:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < warm_end:
-            continue
+    run_us, kernels = after_warm_up(events)
+    for e in kernels:
         op = e["args"].get("op_name", "?")
         by_op[op] = by_op.get(op, 0) + e["dur"]
         calls[op] = calls.get(op, 0) + 1
@@ -133,10 +139,12 @@ def main():
     ap.add_argument("--graph", action="append", default=[], metavar="NAME=PATH", help="a UNet to profile")
     ap.add_argument("--candidates", action="store_true",
                     help="and the candidates benchmarks/quantize_int8.py kept in DIR/.bench-int8-candidates")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3, help="profiled calls after the warm-up (at least 1)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", default=str(ROOT / "benchmarks/results/int8_profile.json"))
     args = ap.parse_args()
+    if args.reps < 1:
+        ap.error("--reps must be at least 1")
     folder = Path(args.models)
     fp32 = models.open_models(folder, "fp32")
     graphs = {"fp32": fp32.graph_path(contract.UNET)}

@@ -3,7 +3,7 @@
 * ``fold_batchnorm``: every eval BatchNorm folded into the linear map before it (export only:
   the folded model computes the same function but loses the official state-dict layout);
 * ``order_local_queries``: the local λ's query rows reordered by key, so that the graph needs no
-  (h, K) transpose before the λ product (export only, after ``fold_batchnorm``);
+  (K, h) transpose before the λ product (export only, after ``fold_batchnorm``);
 * ``perturb_for_testing_``: non-trivial BatchNorm statistics and norm affines for random-init
   models, so that parity checks exercise the folding (``export --random-init``, benchmarks).
 """
@@ -61,8 +61,8 @@ def order_local_queries(model: nn.Module) -> nn.Module:
     The queries are then (B, N, K, h) as they come out of the projection, and the λ product
     ``Λ·q`` takes them without the (h, K) transpose: the same values (a permutation of the rows),
     one memory-bound Transpose less per stage. ONNX Runtime fuses that transpose into an FP32
-    MatMul anyway, but not into the INT8 one (benchmarks/int8_profile.py: the INT8 step's layout
-    row)."""
+    MatMul anyway, but not into the INT8 one (the README's local-queries table, from
+    benchmarks/pipeline.py)."""
     with torch.no_grad():
         for mod in model.modules():
             if not isinstance(mod, LocalLambda) or mod.queries_by_key:

@@ -193,6 +193,8 @@ def test_int8_profile_attributes_every_convolution_and_its_arithmetic(random_tin
     """benchmarks/int8_profile.py (a `make bench` step): every convolution kernel of the optimised
     graph is traced to its Conv node, including the ones ONNX Runtime fuses with their ReLU into the
     NCHWc layout and names after the ReLU's output, so each kind gets its time and its rate."""
+    import onnx
+
     sys.path.insert(0, str(ROOT))
     from benchmarks.inputs import unet_feed
     from benchmarks.int8_profile import conv_table
@@ -206,7 +208,10 @@ def test_int8_profile_attributes_every_convolution_and_its_arithmetic(random_tin
     assert list(r["profiles"]) == ["fp32", "again"] and r["machine"]["processor"]
     table = conv_table(unet, unet_feed(models.open_models(random_tiny, "fp32").latent_size))
     convs = {k: v for k, v in table.items() if not isinstance(v, str)}
-    assert any(isinstance(v, str) for v in table.values())  # fused Conv + ReLU nodes are named after the ReLU
+    graph = onnx.load(str(unet), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    relus = [n for n in graph.node if n.op_type == "Relu" and producer[n.input[0]].op_type == "Conv"]
+    assert relus and all(table[n.output[0] + "_nchwc"] == producer[n.input[0]].name for n in relus)
     for p in r["profiles"].values():
         kinds = p["conv_ms_per_step_by_kind"]
         assert "other" not in kinds and {"1x1", "3x3", "15x15", "depthwise"} <= set(kinds)
@@ -214,6 +219,8 @@ def test_int8_profile_attributes_every_convolution_and_its_arithmetic(random_tin
             sum(ops for kind, ops in convs.values() if kind == "15x15") / 1e9)
         assert all(rate > 0 for rate in p["conv_gop_per_s_by_kind"].values())
         assert sum(kinds.values()) < p["kernel_ms_per_step"]
+        # one profiled call (--reps 1): each Conv once, the warm-up call's left out
+        assert sum(row["nodes"] for row in p["by_op"] if "Conv" in row["op"]) == len(convs)
 
 
 def test_conv_table_counts_each_kind_by_hand(tmp_path):
@@ -245,6 +252,23 @@ def test_conv_table_counts_each_kind_by_hand(tmp_path):
     assert table["point"] == ("1x1", 2 * (2 * 3 * 8 * 8) * 12)  # the graph's output: its shape is inferred too
     assert _source("r_nchwc", table) == "grouped"  # Conv + ReLU fused, named after the ReLU's output
     assert _source("b_nchwc", table) == "dw" and _source("point_token_7", table) == "point"
+
+
+def test_profile_leaves_out_the_warm_up_call():
+    """int8_profile's per-step figures are the profiled calls' only: onnxruntime's profiler records
+    from the session's creation, so the warm-up call's kernel events come first and are dropped."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.int8_profile import after_warm_up
+
+    def run(ts, dur):
+        return {"cat": "Session", "name": "model_run", "ts": ts, "dur": dur}
+
+    def kernel(ts):
+        return {"cat": "Node", "name": f"conv_{ts}_kernel_time", "ts": ts, "dur": 5, "args": {"op_name": "Conv"}}
+
+    events = [run(0, 100), kernel(10), kernel(90), run(120, 50), kernel(130), run(200, 40), kernel(210)]
+    durations, kernels = after_warm_up(events)
+    assert durations == [50, 40] and [e["ts"] for e in kernels] == [130, 210]
 
 
 def test_gpu_benchmark_step_is_the_official_forward_and_runs_on_cpu(random_tiny, tmp_path):

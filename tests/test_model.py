@@ -1,5 +1,6 @@
 """Fidelity of the PyTorch Moebius model: the official state-dict manifest and the golden vectors
 produced by the official implementation (tests/data; provenance in tests/data/README.md)."""
+import copy
 import json
 
 import numpy as np
@@ -10,8 +11,8 @@ from safetensors.torch import load_file  # noqa: E402
 
 from moebius_edge import contract  # noqa: E402
 from moebius_edge.export.config import PRESETS, MoebiusConfig  # noqa: E402
-from moebius_edge.export.model import build_removal_model  # noqa: E402
-from moebius_edge.export.transforms import fold_batchnorm  # noqa: E402
+from moebius_edge.export.model import LocalLambda, build_removal_model  # noqa: E402
+from moebius_edge.export.transforms import fold_batchnorm, order_local_queries  # noqa: E402
 
 from .goldens import DATA, golden_tolerance, load_golden_model  # noqa: E402
 
@@ -108,8 +109,6 @@ def test_shared_cfg_prefix_equals_the_forward_on_both_halves(case):
 
 
 def test_batchnorm_folding_preserves_the_function():
-    import copy
-
     model = load_golden_model(1)
     g = np.load(DATA / "tiny_case_1.npz")
     args = [torch.from_numpy(g[k]) for k in ("noisy_latents", "timesteps", "input_ids")]
@@ -123,11 +122,6 @@ def test_batchnorm_folding_preserves_the_function():
 def test_local_queries_ordered_by_key_preserve_the_function():
     """``order_local_queries`` reorders the local λ's query rows (export only): the same function,
     on folded BatchNorms only."""
-    import copy
-
-    from moebius_edge.export.model import LocalLambda
-    from moebius_edge.export.transforms import order_local_queries
-
     model = load_golden_model(1)
     g = np.load(DATA / "tiny_case_1.npz")
     args = [torch.from_numpy(g[k]) for k in ("noisy_latents", "timesteps", "input_ids")]
