@@ -30,13 +30,14 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.machine_info import describe  # noqa: E402
 from benchmarks.inputs import unet_feed  # noqa: E402
 from moebius_edge import contract, models  # noqa: E402
+from moebius_edge.mobile.ep_probe import node_macs  # noqa: E402
 
 
 def conv_table(path: Path, feed: dict) -> dict:
     """{Conv node name: (kind, operations of one call)} of a (QDQ) graph at the feed's shapes, and
     {fused node name: Conv node name} (``_source``). Kind: ``depthwise``, ``1x1``, ``KxK`` (group
-    1), or ``KxK grouped``; the weight's shape is read through a DequantizeLinear; operations: 2
-    per multiply-add of the output."""
+    1), or ``KxK grouped``, from the weight's shape (through a DequantizeLinear too); operations: 2
+    per multiply-add (``mobile.ep_probe.node_macs``)."""
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)
@@ -47,22 +48,19 @@ def conv_table(path: Path, feed: dict) -> dict:
                 d.ClearField("dim_param")
                 d.dim_value = n
     m = onnx.shape_inference.infer_shapes(m, data_prop=True)
-    out_dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-                for v in [*m.graph.value_info, *m.graph.output]}
-    dims = {t.name: list(t.dims) for t in m.graph.initializer}
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*m.graph.value_info, *m.graph.output]}
+    shapes.update({t.name: list(t.dims) for t in m.graph.initializer})
     producer = {o: n for n in m.graph.node for o in n.output}
     table = {}
     for n in m.graph.node:
         if n.op_type != "Conv":
             continue
         a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
-        w = dims.get(n.input[1]) or dims.get(producer[n.input[1]].input[0] if n.input[1] in producer else "", [0])
+        w = shapes.get(n.input[1]) or [0]  # a DequantizeLinear's output too: shape inference gives it
         k = "x".join(map(str, a.get("kernel_shape", w[2:])))  # the attribute is optional
         group = a.get("group", 1)
         kind = "depthwise" if group > 1 and len(w) > 1 and w[1] == 1 else f"{k}" + (" grouped" if group > 1 else "")
-        out = out_dims.get(n.output[0], [])
-        ops = 2 * int(np.prod(out)) * int(np.prod(w[1:])) if out and all(out) and len(w) > 1 else 0
-        table[n.name] = (kind, ops)
+        table[n.name] = (kind, 2 * node_macs(n, shapes.get))
     for n in m.graph.node:  # an NCHWc Conv is named after its output, or its fused activation's
         source = producer.get(n.input[0]) if n.input else None
         if n.op_type == "Conv":
