@@ -119,7 +119,7 @@ def profile(path: Path, feed: dict, reps: int, threads: int, work: Path) -> dict
     ops = {}
     for kind, n in (v for v in table.values() if not isinstance(v, str)):
         ops[kind] = ops.get(kind, 0) + n
-    runs = reps
+    runs = len(run_us)  # the profiled calls, as the profile recorded them
     total = sum(by_op.values())
     rows = sorted(({"op": op, "ms_per_step": us / runs / 1000, "share": us / total, "nodes": calls[op] // runs}
                    for op, us in by_op.items()), key=lambda r: -r["ms_per_step"])
